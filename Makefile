@@ -1,0 +1,59 @@
+# wavlm_ds — every set-up step lives here; CI runs `make test` on a clean clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Cluster users: point this at the index of the torch build that matches their CUDA driver,
+# e.g. make setup TORCH_INDEX_URL=https://<mirror>/whl/cu124
+TORCH_INDEX_URL ?=
+TORCH_PIN := torch==2.11.0 torchaudio==2.11.0
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
+export OMP_NUM_THREADS ?= 1
+STAMP := $(VENV)/.installed
+SYSPKG_STAMP := $(VENV)/.syspkgs
+DEMO_DIR ?= runs/demo
+
+.PHONY: setup syspkgs ops test test-fast demo bench eval clean
+
+setup: $(STAMP) $(SYSPKG_STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+
+$(STAMP): setup.py | $(VENV)/bin/python
+	$(PY) -m pip install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(TORCH_PIN)
+	$(PY) -m pip install -e '.[all]'
+	touch $@
+
+# espeak-ng + sox synthesize the embedded demo corpus; ninja/g++ build DeepSpeed's ops.
+$(SYSPKG_STAMP): | $(VENV)/bin/python
+	@missing=""; for b in espeak-ng sox ninja g++; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox ninja-build g++ >/dev/null; \
+	  else \
+	    echo "Missing system programs:$$missing. Install them: sudo apt-get install espeak-ng sox ninja-build g++"; exit 1; \
+	  fi; \
+	fi
+	touch $@
+
+# Prebuild DeepSpeed's FusedAdam and shm comm ops into $(TORCH_EXTENSIONS_DIR), so that
+# 128 ranks never JIT-compile into one shared cache at start-up.
+ops: setup
+	$(PY) -m wavlm_ds.prebuild_ops
+
+test: setup ops
+	$(PY) -m pytest tests -q -ra
+
+test-fast: setup
+	$(PY) -m pytest tests/unit -q -m "not slow"
+
+demo: setup ops
+	$(PY) tools/demo.py --run-dir $(DEMO_DIR)
+
+bench: setup ops
+	$(PY) tools/bench_ops.py --json runs/bench_ops.json
+
+clean:
+	rm -rf runs

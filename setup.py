@@ -1,0 +1,34 @@
+"""Packaging for wavlm_ds: DeepSpeed pretraining of the WavLM-Large+ speech encoder."""
+from setuptools import find_packages, setup
+
+# torch and torchaudio must be a matching pair; DeepSpeed 0.19.8 is the release this
+# project's checkpoint and overflow handling were written against (see README).
+CORE = [
+    "torch==2.11.*",
+    "torchaudio==2.11.*",
+    "deepspeed==0.19.8",
+    "webdataset>=0.2.100,<2",
+    "soundfile>=0.12",
+    "numpy>=1.26",
+    "pyyaml>=6",
+    "tqdm>=4.66",
+    "tensorboard>=2.15",  # DeepSpeed's monitor imports it
+    "safetensors>=0.4",
+]
+
+EXTRAS = {
+    "eval": ["jiwer>=3.0", "praat-parselmouth>=0.4.3", "scikit-learn>=1.4"],
+    "plot": ["matplotlib>=3.8"],
+    "test": ["pytest>=8", "pytest-timeout>=2.2"],
+}
+EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+
+setup(
+    name="wavlm_ds",
+    version="0.1.0",
+    description="DeepSpeed pretraining system for the WavLM-Large+ speech encoder",
+    python_requires=">=3.10",
+    packages=find_packages(include=["wavlm_ds", "wavlm_ds.*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,1 @@
+"""wavlm_ds: DeepSpeed pretraining of the WavLM-Large+ speech encoder."""

@@ -1,0 +1,35 @@
+"""Prebuild DeepSpeed's JIT ops (FusedAdam and the comm op) into TORCH_EXTENSIONS_DIR.
+
+Run once per image/venv (`make ops`) so that 128 ranks never JIT-compile into one shared
+cache at start-up. Uses whatever accelerator DeepSpeed detects (CUDA or CPU).
+
+usage: python -m wavlm_ds.prebuild_ops
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+OPS = ("FusedAdamBuilder", "ShareMemCommBuilder")
+
+
+def main() -> int:
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    print(f"accelerator={accel.device_name()} "
+          f"TORCH_EXTENSIONS_DIR={os.environ.get('TORCH_EXTENSIONS_DIR', '<torch default>')}")
+    for name in OPS:
+        builder = accel.create_op_builder(name)
+        if builder is None or not builder.is_compatible():
+            print(f"  {name}: not available on {accel.device_name()}, skipped")
+            continue
+        start = time.perf_counter()
+        builder.load()
+        print(f"  {name}: ready ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
