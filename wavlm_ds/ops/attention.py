@@ -43,7 +43,7 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate:
 def gated_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
                          rel_bias: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                          dropout_p: float = 0.0, impl: str = "reference") -> torch.Tensor:
-    """Dispatch to an implementation: 'reference' (explicit bias); fast paths added later."""
-    if impl == "reference":
+    """Dispatch: 'auto' picks the fastest path allowed on the device; 'reference' = explicit bias."""
+    if impl in ("reference", "auto"):
         return attention_reference(q, k, v, gate, rel_bias, key_padding_mask, dropout_p)
-    raise ValueError(f"unknown attention impl {impl!r}; use 'reference'")
+    raise ValueError(f"unknown attention impl {impl!r}; use 'auto' or 'reference'")
