@@ -1,0 +1,210 @@
+"""Pretrain a WavLM-style encoder with DeepSpeed (masked speech modeling on log-Mel).
+
+usage: deepspeed --hostfile hostfiles/a100x128 train.py \
+           --config configs/wavlm_large_plus.yaml \
+           --deepspeed_config ds_configs/a100x128_zero2_bf16.json [--set key.sub=value ...] \
+           [--run-dir runs/large_plus] [--resume {auto,never,PATH}]
+
+One optimizer step = `gradient_accumulation_steps` micro-batches; DeepSpeed owns the
+accumulation. The loss of each micro-batch is its masked-frame sum scaled so that the step's
+gradient is the mean over the global count of masked frames (all micro-batches, all ranks).
+Exit codes: 0 done, 75 stopped by SIGTERM/SIGUSR1 after saving, 3 too many non-finite steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from wavlm_ds import engine as E
+from wavlm_ds.checkpoint import CheckpointManager, resolve_resume
+from wavlm_ds.config import RunConfig, check_batch_arithmetic, load_config, to_dict, ConfigError
+from wavlm_ds.data import EvalLoader, TrainLoader
+from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu
+from wavlm_ds.model.flops import forward_flops
+from wavlm_ds.objectives.reconstruction import baseline_loss_sums
+
+EXIT_PREEMPTED = 75
+EXIT_NONFINITE = 3
+log = logging.getLogger("train")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", required=True, help="run YAML (configs/*.yaml)")
+    p.add_argument("--deepspeed_config", required=True, help="DeepSpeed JSON (ds_configs/*.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-YAML key, e.g. --set training.max_steps=100")
+    p.add_argument("--run-dir", default=None, help="output directory (default runs/<config name>)")
+    p.add_argument("--resume", default="auto", help="auto | never | PATH to a checkpoint")
+    p.add_argument("--local_rank", type=int, default=0, help="set by the deepspeed launcher")
+    return p.parse_args(argv)
+
+
+def load_ds_config(path: str, run_dir: Path, cfg: RunConfig) -> dict:
+    try:
+        ds = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--deepspeed_config {path}: no such file; see ds_configs/") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    ds["tensorboard"] = {"enabled": cfg.logging.tensorboard,
+                         "output_path": str(run_dir / "tensorboard"), "job_name": "train"}
+    ds["csv_monitor"] = {"enabled": cfg.logging.csv, "output_path": str(run_dir / "csv"),
+                         "job_name": "train"}
+    return ds
+
+
+def validate(cfg: RunConfig, ds: dict, world: int, where: str) -> tuple[int, int]:
+    """Cross-field checks before any process group or data is touched: (accum, max_steps)."""
+    _, _, accum = check_batch_arithmetic(ds, world, where)
+    total = ds.get("scheduler", {}).get("params", {}).get("total_num_steps")
+    max_steps = cfg.training.max_steps or total
+    if not max_steps:
+        raise ConfigError(f"{where}: no step count: set scheduler.params.total_num_steps in the "
+                          "DeepSpeed JSON or training.max_steps in the run YAML")
+    if not cfg.data.sources:
+        raise ConfigError("data.sources is empty: add at least one {name, shards} entry")
+    return accum, max_steps
+
+
+class StopFlag:
+    """SIGTERM/SIGUSR1 set a flag; ranks agree on it at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
+def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> dict[str, float]:
+    """Validation loss with fixed masks, next to the zero and interpolation baselines."""
+    engine.eval()
+    sums = torch.zeros(4, dtype=torch.float64)
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            mb = E.prepare_micro(batch, cfg, device, step=0, micro=i, rank=rank, train=False)
+            loss_sum, _ = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask)
+            base = baseline_loss_sums(mb.targets, mb.mask, mb.frame_lengths, cfg.objective.loss)
+            sums += torch.stack([loss_sum.double(), base["baseline_zero"].double(),
+                                 base["baseline_interp"].double(), mb.mask.sum().double()]).cpu()
+    engine.train()
+    total = E.global_sum(list(sums))
+    n = max(total[3].item(), 1.0)
+    return {"loss": total[0].item() / n, "baseline_zero": total[1].item() / n,
+            "baseline_interp": total[2].item() / n, "masked_frames": total[3].item()}
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_config(args.config, args.set)
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    ds = load_ds_config(args.deepspeed_config, run_dir, cfg)
+    rank, world, _ = E.dist_env()
+    accum, max_steps = validate(cfg, ds, world, args.deepspeed_config)
+    micro = ds["train_micro_batch_size_per_gpu"] if "train_micro_batch_size_per_gpu" in ds else \
+        ds["train_batch_size"] // (accum * world)
+    loader = TrainLoader(cfg.data, batch_size=micro, rank=rank, world_size=world,
+                         seed=cfg.training.seed)  # validates shards vs ranks x workers
+    ckpt_root, resume_tag = resolve_resume(args.resume, run_dir / "checkpoints")
+
+    E.init_distributed(cfg.training.process_group_timeout_s)
+    torch.manual_seed(E.seed_for(cfg.training.seed, E.DROPOUT, rank))
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (run_dir / "ds_config.json").write_text(json.dumps(ds, indent=2))
+    engine = E.build_engine(cfg, ds, rank)
+    device = engine.device
+    ckpt = CheckpointManager(ckpt_root, rank, world, cfg.training.keep_last_checkpoints)
+    state = {"step": 0, "consecutive_skips": 0, "skipped_total": 0}
+    if resume_tag is not None:
+        state = ckpt.load(engine, resume_tag)
+        torch.set_rng_state(state["rng_cpu"])
+        loader.load_state_dict(state["data"])
+    return run(engine, cfg, loader, ckpt, state, run_dir, accum, max_steps, rank, world, device)
+
+
+def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, state: dict,
+        run_dir: Path, accum: int, max_steps: int, rank: int, world: int, device) -> int:
+    stop = StopFlag()
+    eval_loader = EvalLoader(cfg.data.valid_shards, engine.train_micro_batch_size_per_gpu(),
+                             rank, world, cfg.training.eval_batches) if cfg.data.valid_shards else None
+    writer = MetricsWriter(run_dir, engine.monitor, rank == 0, max_steps, state["step"],
+                           cfg.logging.progress_bar)
+    peak = device_peak_tflops(device)
+    data_iter = iter(loader)
+    exit_code = 0
+    for step in range(state["step"] + 1, max_steps + 1):
+        t0 = time.perf_counter()
+        micros = [E.prepare_micro(next(data_iter), cfg, device, step, i, rank) for i in range(accum)]
+        n_masked = E.global_sum([sum(mb.mask.sum() for mb in micros)])[0].item()
+        scale = accum * world / max(n_masked, 1.0)
+        lr = engine.get_lr()[0]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for i, mb in enumerate(micros):
+            layerdrop = E.make_generator("cpu", cfg.training.seed, E.LAYERDROP, step, i)
+            micro_loss, _ = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask, layerdrop)
+            if E.injected_nan(step, rank):
+                micro_loss = micro_loss * float("nan")
+            engine.backward(micro_loss * scale)
+            engine.step()
+            loss_sum += micro_loss.detach().double()
+        applied = engine.was_step_applied()
+        state["consecutive_skips"] = 0 if applied else state["consecutive_skips"] + 1
+        state["skipped_total"] += 0 if applied else 1
+        totals = E.global_sum([loss_sum, torch.tensor(float(stop.requested)),
+                               torch.tensor(sum(mb.audio_seconds for mb in micros)),
+                               torch.tensor(float(sum(mb.num_rows for mb in micros)))])
+        step_time = time.perf_counter() - t0
+        if step % cfg.logging.log_every_steps == 0:
+            flops = sum(3 * forward_flops(cfg.model, mb.features.shape[1], mb.num_rows)
+                        for mb in micros)
+            tflops = flops / step_time / 1e12
+            writer.write(step, {
+                "loss": totals[0].item() / max(n_masked, 1.0), "lr": lr,
+                "masked_fraction": n_masked / max(world * sum(int(mb.frame_lengths.sum()) for mb in micros), 1),
+                "grad_norm": engine.get_global_grad_norm(), "skipped_steps": state["skipped_total"],
+                "samples_per_s": totals[3].item() / step_time,
+                "audio_s_per_s": totals[2].item() / step_time, "step_time_s": step_time,
+                "tflops_per_device": tflops, "mfu": mfu(tflops, peak)})
+        if state["consecutive_skips"] >= cfg.training.max_consecutive_skipped_steps:
+            log.error("%d consecutive steps with non-finite gradients: aborting",
+                      state["consecutive_skips"])
+            exit_code = EXIT_NONFINITE
+            break
+        if eval_loader is not None and (step % cfg.training.eval_every_steps == 0 or step == max_steps):
+            writer.write(step, evaluate(engine, cfg, eval_loader, rank, device), prefix="valid")
+        stopping = totals[1].item() > 0
+        if stopping or step % cfg.training.save_every_steps == 0 or step == max_steps:
+            save(engine, ckpt, state, loader, step)
+        if stopping:
+            log.warning("stop signal: checkpoint saved at step %d, exiting", step)
+            exit_code = EXIT_PREEMPTED
+            break
+    writer.close()
+    return exit_code
+
+
+def save(engine, ckpt: CheckpointManager, state: dict, loader: TrainLoader, step: int) -> None:
+    state.update(step=step, data=loader.state_dict(), rng_cpu=torch.get_rng_state())
+    ckpt.save(engine, step, trainer_state=dict(state), client_state={"step": step})
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,141 @@
+"""DeepSpeed engine set-up and the per-step device work of the trainer.
+
+What lives here: seeded generators, parameter groups, `deepspeed.initialize` with our safe
+checkpoint engine, and `prepare_micro` (audio -> log-Mel on the device -> utterance mixing
+-> span mask). The loop itself is in `train.py`.
+
+Randomness: masks, mixing and layerdrop draw from explicit generators seeded from
+(seed, step, micro[, rank]); dropout uses torch's global RNG, which is seeded per rank at
+start and saved/restored per rank in checkpoints. So a resumed run replays exactly.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from wavlm_ds.checkpoint import SafeCheckpointEngine
+from wavlm_ds.config import RunConfig
+from wavlm_ds.data import mix_utterances
+from wavlm_ds.model import WavLMEncoder
+from wavlm_ds.objectives import PretrainModel, build_objective
+from wavlm_ds.ops.logmel import log_mel
+from wavlm_ds.ops.span_mask import fairseq_span_mask, span_mask
+
+# Stream names keep generators of different purposes independent for the same step.
+MASK, MIX, LAYERDROP, EVAL_MASK, DROPOUT = 1, 2, 3, 4, 5
+NAN_ENV = "WAVLM_DS_INJECT_NAN"  # "<step>@<rank>[,<step>@<rank>...]": fault injection (tests)
+
+
+def seed_for(seed: int, *keys: int) -> int:
+    """A 63-bit seed mixed from (seed, keys...) by hashing: no correlated neighbours."""
+    digest = hashlib.blake2b(repr((seed,) + keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def make_generator(device: torch.device | str, seed: int, *keys: int) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed_for(seed, *keys))
+    return gen
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the launcher's environment (1 process if unset)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(timeout_s: int) -> None:
+    deepspeed.init_distributed(timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def param_groups(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[dict]:
+    """Weight decay on matrices only: biases, norms and embeddings get none."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lowered = name.lower()
+        skip = param.ndim < 2 or any(p in lowered for p in patterns)
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model(cfg: RunConfig) -> PretrainModel:
+    return PretrainModel(WavLMEncoder(cfg.model), build_objective(cfg.model, cfg.objective))
+
+
+def build_engine(cfg: RunConfig, ds_config: dict, rank: int) -> Any:
+    model = build_model(cfg)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, cfg.training.no_decay_patterns),
+        config=ds_config)
+    engine.checkpoint_engine = SafeCheckpointEngine(engine._config, rank)
+    return engine
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch ready for the model (all on the training device).
+
+    features (B, T_in, 80) fp32: input log-Mel (after mixing); targets (B, T_in, 80) fp32:
+    clean log-Mel; frame_lengths (B,); mask (B, T_in) bool (valid rows only);
+    audio_seconds: float, valid audio in the batch.
+    """
+    features: torch.Tensor
+    targets: torch.Tensor
+    frame_lengths: torch.Tensor
+    mask: torch.Tensor
+    audio_seconds: float
+    num_rows: int
+
+
+def draw_mask(cfg: RunConfig, frame_lengths: torch.Tensor, T: int,
+              gen: torch.Generator) -> torch.Tensor:
+    m = cfg.masking
+    if m.style == "exact":
+        return span_mask(frame_lengths, T, ratio=m.mask_ratio, span=m.mask_span_frames,
+                         generator=gen)
+    return fairseq_span_mask(frame_lengths, T, mask_prob=m.mask_ratio,
+                             mask_length=m.mask_span_frames, min_masks=m.min_masks, generator=gen)
+
+
+def prepare_micro(batch: dict, cfg: RunConfig, device: torch.device, step: int, micro: int,
+                  rank: int, train: bool = True) -> MicroBatch:
+    """Audio batch -> features, clean targets and mask, computed on the device."""
+    audio = batch["audio"].to(device, non_blocking=True)  # (B, S) fp32
+    lengths = batch["lengths"].to(device, non_blocking=True)  # (B,)
+    valid = batch["valid"].to(device, non_blocking=True)  # (B,) bool
+    mode = cfg.data.logmel_mode
+    targets, frame_lengths = log_mel(audio, lengths, mode=mode)  # (B, T_in, 80)
+    features = targets
+    if train and cfg.data.mix_prob > 0:
+        mixed = mix_utterances(audio, lengths, make_generator(device, cfg.training.seed, step,
+                                                              micro, rank, MIX), cfg.data)
+        features, _ = log_mel(mixed, lengths, mode=mode)
+    stream = (MASK, step, micro, rank) if train else (EVAL_MASK, step, micro, rank)
+    mask = draw_mask(cfg, frame_lengths, targets.shape[1],
+                     make_generator(device, cfg.training.seed, *stream))
+    mask = mask & valid[:, None]
+    seconds = float(batch["lengths"][batch["valid"]].sum()) / 16000.0  # host tensors: no sync
+    return MicroBatch(features, targets, frame_lengths, mask, seconds, int(audio.shape[0]))
+
+
+def global_sum(values: list[torch.Tensor]) -> torch.Tensor:
+    """All-reduce (sum) a few scalars in one collective; returns a 1-D fp64 tensor."""
+    packed = torch.stack([v.detach().double().reshape(()) for v in values])
+    if dist.is_initialized():
+        dist.all_reduce(packed)
+    return packed
+
+
+def injected_nan(step: int, rank: int) -> bool:
+    """Fault injection for the numerics tests: poison this rank's loss at given steps."""
+    spec = os.environ.get(NAN_ENV, "")
+    return f"{step}@{rank}" in spec.split(",")
