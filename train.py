@@ -188,7 +188,7 @@ def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, st
             writer.write(step, evaluate(engine, cfg, eval_loader, rank, device), prefix="valid")
         stopping = totals[1].item() > 0
         if stopping or step % cfg.training.save_every_steps == 0 or step == max_steps:
-            save(engine, ckpt, state, loader, step)
+            save(engine, ckpt, cfg, state, loader, step)
         if stopping:
             log.warning("stop signal: checkpoint saved at step %d, exiting", step)
             exit_code = EXIT_PREEMPTED
@@ -197,9 +197,11 @@ def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, st
     return exit_code
 
 
-def save(engine, ckpt: CheckpointManager, state: dict, loader: TrainLoader, step: int) -> None:
+def save(engine, ckpt: CheckpointManager, cfg: RunConfig, state: dict, loader: TrainLoader,
+         step: int) -> None:
     state.update(step=step, data=loader.state_dict(), rng_cpu=torch.get_rng_state())
-    ckpt.save(engine, step, trainer_state=dict(state), client_state={"step": step})
+    ckpt.save(engine, step, trainer_state=dict(state),
+              client_state={"step": step, "run_config": to_dict(cfg)})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ listing the exact DeepSpeed classes its optimizer states need (DeepSpeed's own l
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -268,3 +269,25 @@ def resolve_resume(mode: str, root: Path) -> tuple[Path, str | None]:
     if tag is None:
         raise CheckpointError(f"--resume {mode}: no complete checkpoint in that directory")
     return path, tag
+
+
+@contextlib.contextmanager
+def forced_safe_loads():
+    """Make every torch.load inside (e.g. DeepSpeed's zero_to_fp32, ds_to_universal) safe.
+
+    Those DeepSpeed tools call torch.load(..., weights_only=False) themselves; within this
+    context the flag is overridden to True with our allow-list, so a malicious file is
+    refused there too.
+    """
+    original = torch.load
+
+    def guarded(f, map_location=None, **kwargs):
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(_safe_globals()):
+            return original(f, map_location=map_location, **kwargs)
+
+    torch.load = guarded
+    try:
+        yield
+    finally:
+        torch.load = original

@@ -1,0 +1,69 @@
+"""Export a DeepSpeed ZeRO checkpoint, or convert it to a universal checkpoint.
+
+usage: python tools/export.py model RUN_DIR_OR_CHECKPOINT --out DIR
+       python tools/export.py universal CHECKPOINT --out DIR
+
+`model` consolidates the ZeRO shards with DeepSpeed's zero_to_fp32 API into
+`model.safetensors` + `config.json` (load with `wavlm_ds.pretrained.load_pretrained`).
+`universal` runs DeepSpeed's ds_to_universal so a run can resume on another GPU count.
+All files are read with weights_only=True (see wavlm_ds.checkpoint.forced_safe_loads).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from wavlm_ds.checkpoint import (CheckpointManager, MANIFEST, forced_safe_loads, safe_load,
+                                 verify_checkpoint)
+from wavlm_ds.config import RunConfig, from_dict
+from wavlm_ds.pretrained import save_export
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run dir, a checkpoint root or a step dir -> a verified step dir."""
+    for root in (path / "checkpoints", path):
+        if root.is_dir() and not (root / MANIFEST).exists():
+            tag = CheckpointManager(root, 0, 1, 1).find_latest_valid()
+            if tag:
+                return root / tag
+    problem = verify_checkpoint(path)
+    if problem:
+        raise SystemExit(f"export: {problem}")
+    return path
+
+
+def export_model(ckpt_dir: Path, out: Path) -> Path:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    model_state = safe_load(next(ckpt_dir.glob("mp_rank_*_model_states.pt")))
+    cfg = from_dict(RunConfig, model_state["run_config"], f"{ckpt_dir} (run_config)")
+    with forced_safe_loads():
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name)
+    return save_export(out, state, cfg)
+
+
+def export_universal(ckpt_dir: Path, out: Path) -> Path:
+    from deepspeed.checkpoint import ds_to_universal
+    args = argparse.Namespace(input_folder=str(ckpt_dir), output_folder=str(out), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              inject_missing_state=False)
+    with forced_safe_loads():
+        ds_to_universal.main(args)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("kind", choices=["model", "universal"])
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    ckpt_dir = resolve_checkpoint(args.checkpoint)
+    out = (export_model if args.kind == "model" else export_universal)(ckpt_dir, args.out)
+    print(json.dumps({"checkpoint": str(ckpt_dir), "export": str(out), "kind": args.kind}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
