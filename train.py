@@ -99,7 +99,7 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
             sums += torch.stack([loss_sum.double(), base["baseline_zero"].double(),
                                  base["baseline_interp"].double(), mb.mask.sum().double()]).cpu()
     engine.train()
-    total = E.global_sum(list(sums))
+    total = E.global_sum(list(sums), device)
     n = max(total[3].item(), 1.0)
     return {"loss": total[0].item() / n, "baseline_zero": total[1].item() / n,
             "baseline_interp": total[2].item() / n, "masked_frames": total[3].item()}
@@ -145,40 +145,38 @@ def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, st
                            cfg.logging.progress_bar)
     peak = device_peak_tflops(device)
     data_iter = iter(loader)
+    objective = engine.module.objective
     exit_code = 0
     for step in range(state["step"] + 1, max_steps + 1):
         t0 = time.perf_counter()
         micros = [E.prepare_micro(next(data_iter), cfg, device, step, i, rank) for i in range(accum)]
-        n_masked = E.global_sum([sum(mb.mask.sum() for mb in micros)])[0].item()
-        scale = accum * world / max(n_masked, 1.0)
+        count = E.global_sum([sum(objective.count(mb.mask) for mb in micros)], device)[0].item()
         lr = engine.get_lr()[0]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for i, mb in enumerate(micros):
-            layerdrop = E.make_generator("cpu", cfg.training.seed, E.LAYERDROP, step, i)
-            micro_loss, _ = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask, layerdrop)
-            if E.injected_nan(step, rank):
-                micro_loss = micro_loss * float("nan")
-            engine.backward(micro_loss * scale)
-            engine.step()
-            loss_sum += micro_loss.detach().double()
+        loss_sum, stats = train_step(engine, cfg, micros, accum * world / max(count, 1.0), step, rank)
         applied = engine.was_step_applied()
         state["consecutive_skips"] = 0 if applied else state["consecutive_skips"] + 1
         state["skipped_total"] += 0 if applied else 1
-        totals = E.global_sum([loss_sum, torch.tensor(float(stop.requested)),
-                               torch.tensor(sum(mb.audio_seconds for mb in micros)),
-                               torch.tensor(float(sum(mb.num_rows for mb in micros)))])
+        names = sorted(stats)
+        totals = E.global_sum([loss_sum, float(stop.requested),
+                               sum(mb.audio_seconds for mb in micros),
+                               float(sum(mb.num_rows for mb in micros)),
+                               sum(mb.mask.sum() for mb in micros),
+                               sum(mb.frame_lengths.sum() for mb in micros)]
+                              + [stats[k] for k in names], device)
         step_time = time.perf_counter() - t0
         if step % cfg.logging.log_every_steps == 0:
             flops = sum(3 * forward_flops(cfg.model, mb.features.shape[1], mb.num_rows)
                         for mb in micros)
             tflops = flops / step_time / 1e12
             writer.write(step, {
-                "loss": totals[0].item() / max(n_masked, 1.0), "lr": lr,
-                "masked_fraction": n_masked / max(world * sum(int(mb.frame_lengths.sum()) for mb in micros), 1),
-                "grad_norm": engine.get_global_grad_norm(), "skipped_steps": state["skipped_total"],
+                "loss": totals[0].item() / max(count, 1.0), "lr": lr,
+                "masked_fraction": totals[4].item() / max(totals[5].item(), 1.0),
+                "grad_norm": _float(engine.get_global_grad_norm()),
+                "skipped_steps": state["skipped_total"],
                 "samples_per_s": totals[3].item() / step_time,
                 "audio_s_per_s": totals[2].item() / step_time, "step_time_s": step_time,
-                "tflops_per_device": tflops, "mfu": mfu(tflops, peak)})
+                "tflops_per_device": tflops, "mfu": mfu(tflops, peak),
+                **{k: totals[6 + i].item() / max(count, 1.0) for i, k in enumerate(names)}})
         if state["consecutive_skips"] >= cfg.training.max_consecutive_skipped_steps:
             log.error("%d consecutive steps with non-finite gradients: aborting",
                       state["consecutive_skips"])
@@ -195,6 +193,33 @@ def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, st
             break
     writer.close()
     return exit_code
+
+
+def train_step(engine, cfg: RunConfig, micros: list, scale: float, step: int,
+               rank: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step over the micro-batches; DeepSpeed steps at the last one.
+
+    Each micro-batch's loss is its masked sum x (accum x world / global count): DeepSpeed
+    divides by accum in backward and averages over ranks, which leaves sum / global count.
+    """
+    loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
+    stats: dict[str, torch.Tensor] = {}
+    for i, mb in enumerate(micros):
+        layerdrop = E.make_generator("cpu", cfg.training.seed, E.LAYERDROP, step, i)
+        micro_loss, micro_stats = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask,
+                                         layerdrop)
+        if E.injected_nan(step, rank):
+            micro_loss = micro_loss * float("nan")
+        engine.backward(micro_loss * scale)
+        engine.step()
+        loss_sum += micro_loss.detach().double()
+        for k, v in micro_stats.items():
+            stats[k] = stats.get(k, 0.0) + v.detach().double()
+    return loss_sum, stats
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def save(engine, ckpt: CheckpointManager, cfg: RunConfig, state: dict, loader: TrainLoader,

@@ -29,7 +29,7 @@ from wavlm_ds.ops.logmel import log_mel
 from wavlm_ds.ops.span_mask import fairseq_span_mask, span_mask
 
 # Stream names keep generators of different purposes independent for the same step.
-MASK, MIX, LAYERDROP, EVAL_MASK, DROPOUT = 1, 2, 3, 4, 5
+MASK, MIX, LAYERDROP, EVAL_MASK, DROPOUT, OBJECTIVE = 1, 2, 3, 4, 5, 6
 NAN_ENV = "WAVLM_DS_INJECT_NAN"  # "<step>@<rank>[,<step>@<rank>...]": fault injection (tests)
 
 
@@ -68,7 +68,8 @@ def param_groups(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[dict
 
 
 def build_model(cfg: RunConfig) -> PretrainModel:
-    return PretrainModel(WavLMEncoder(cfg.model), build_objective(cfg.model, cfg.objective))
+    objective = build_objective(cfg.model, cfg.objective, seed_for(cfg.training.seed, OBJECTIVE))
+    return PretrainModel(WavLMEncoder(cfg.model), objective)
 
 
 def build_engine(cfg: RunConfig, ds_config: dict, rank: int) -> Any:
@@ -127,9 +128,14 @@ def prepare_micro(batch: dict, cfg: RunConfig, device: torch.device, step: int, 
     return MicroBatch(features, targets, frame_lengths, mask, seconds, int(audio.shape[0]))
 
 
-def global_sum(values: list[torch.Tensor]) -> torch.Tensor:
-    """All-reduce (sum) a few scalars in one collective; returns a 1-D fp64 tensor."""
-    packed = torch.stack([v.detach().double().reshape(()) for v in values])
+def global_sum(values: list[torch.Tensor | float], device: torch.device | str = "cpu"
+               ) -> torch.Tensor:
+    """All-reduce (sum) a few scalars in one collective; returns a 1-D fp64 tensor.
+
+    `device` must be one the process group can reduce on (the engine's device).
+    """
+    packed = torch.stack([torch.as_tensor(v).detach().to(device, torch.float64).reshape(())
+                          for v in values])
     if dist.is_initialized():
         dist.all_reduce(packed)
     return packed

@@ -5,12 +5,16 @@ from wavlm_ds.config import ModelConfig, ObjectiveConfig
 from wavlm_ds.objectives.base import Objective, ObjectiveOutput, PretrainModel
 
 
-def build_objective(model_cfg: ModelConfig, cfg: ObjectiveConfig) -> Objective:
+def build_objective(model_cfg: ModelConfig, cfg: ObjectiveConfig, seed: int) -> Objective:
+    """The objective named in the run YAML; `seed` draws frozen state (same on all ranks)."""
     if cfg.name == "reconstruction":
         from wavlm_ds.objectives.reconstruction import MaskedReconstruction
         return MaskedReconstruction(model_cfg, cfg)
+    if cfg.name == "best_rq":
+        from wavlm_ds.objectives.best_rq import BestRQ
+        return BestRQ(model_cfg, cfg, seed)
     raise ValueError(f"objective.name={cfg.name!r} is not implemented yet; "
-                     "use 'reconstruction'")
+                     "use 'reconstruction' or 'best_rq'")
 
 
 __all__ = ["Objective", "ObjectiveOutput", "PretrainModel", "build_objective"]

@@ -18,7 +18,8 @@ from wavlm_ds.model import EncoderOutput, WavLMEncoder
 @dataclass
 class ObjectiveOutput:
     loss_sum: torch.Tensor  # () fp32, summed over masked input frames
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # () tensors, summed likewise
+    # () tensors, summed like the loss: the trainer logs each divided by the global count
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Objective(nn.Module):
@@ -32,6 +33,10 @@ class Objective(nn.Module):
     def forward(self, enc_out: EncoderOutput, targets: torch.Tensor, mask: torch.Tensor,
                 extras: dict[str, torch.Tensor] | None = None) -> ObjectiveOutput:
         raise NotImplementedError
+
+    def count(self, mask: torch.Tensor) -> torch.Tensor:
+        """What the loss is normalized by (summed over the step's micro-batches and ranks)."""
+        return mask.sum()
 
 
 class PretrainModel(nn.Module):
