@@ -13,8 +13,11 @@ def build_objective(model_cfg: ModelConfig, cfg: ObjectiveConfig, seed: int) -> 
     if cfg.name == "best_rq":
         from wavlm_ds.objectives.best_rq import BestRQ
         return BestRQ(model_cfg, cfg, seed)
-    raise ValueError(f"objective.name={cfg.name!r} is not implemented yet; "
-                     "use 'reconstruction' or 'best_rq'")
+    if cfg.name == "kmeans":
+        from wavlm_ds.objectives.kmeans import KMeansTargets
+        return KMeansTargets(model_cfg, cfg)
+    raise ValueError(f"objective.name={cfg.name!r} is unknown; use reconstruction, best_rq "
+                     "or kmeans")
 
 
 __all__ = ["Objective", "ObjectiveOutput", "PretrainModel", "build_objective"]
