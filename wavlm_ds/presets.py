@@ -43,3 +43,26 @@ def get_preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+def preset_table() -> list[dict]:
+    """Layers, width, heads, FFN and parameter count of each preset (meta device)."""
+    import torch
+
+    from wavlm_ds.model import WavLMEncoder
+
+    rows = []
+    for name, make in PRESETS.items():
+        cfg = make()
+        with torch.device("meta"):
+            params = sum(p.numel() for p in WavLMEncoder(cfg).parameters())
+        rows.append({"preset": name, "layers": cfg.num_layers, "width": cfg.model_dim,
+                     "heads": cfg.num_heads, "ffn": cfg.ffn_dim, "params": params})
+    return rows
+
+
+if __name__ == "__main__":
+    print("| preset | layers | width | heads | FFN | parameters |\n|---|---|---|---|---|---|")
+    for r in preset_table():
+        print(f"| {r['preset']} | {r['layers']} | {r['width']} | {r['heads']} | {r['ffn']} | "
+              f"{r['params']:,} |")

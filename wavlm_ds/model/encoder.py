@@ -1,0 +1,175 @@
+"""The WavLM-style encoder: front end -> conv positional embedding -> pre-LN blocks.
+
+Order of operations (matches torchaudio's WavLM transformer with layer_norm_first=True,
+plus a final LayerNorm for the pre-LN stack): x = front_end(masked features);
+x = x + conv_pos(x); x = LayerNorm(x); dropout; blocks; final LayerNorm.
+
+Initialization: linear and embedding weights N(0, init_std), biases 0, LayerNorm 1/0; the
+output projections of each block (attention out_proj, FFN out) use init_std /
+sqrt(2 * num_layers) so that the residual stream's variance does not grow with depth; the
+positional conv keeps torchaudio's weight-norm init; gate constants start at 1.
+
+Padding is honoured everywhere: padded input frames are zeroed with torch.where before the
+front end (NaN in padding cannot leak), padded encoder frames are zeroed before the conv and
+after every block, and padded keys are excluded from attention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from wavlm_ds.config import ModelConfig
+from wavlm_ds.model.attention import GatedRelPosAttention, RelativePositionTable
+from wavlm_ds.model.frontend import FrontEnd, encoder_lengths
+
+
+@dataclass
+class EncoderOutput:
+    hidden: torch.Tensor  # (B, T_enc, D) after the final LayerNorm, zero at padding
+    lengths: torch.Tensor  # (B,) valid encoder frames
+    padding_mask: torch.Tensor  # (B, T_enc) bool, True = padding
+    layer_outputs: list[torch.Tensor] | None  # block-stack input + each block's output
+
+
+class ConvPositionalEmbedding(nn.Module):
+    """WavLM's grouped convolution over time (weight norm over the kernel dim, GELU)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        conv = nn.Conv1d(cfg.model_dim, cfg.model_dim, cfg.conv_pos_kernel,
+                         padding=cfg.conv_pos_kernel // 2, groups=cfg.conv_pos_groups)
+        std = math.sqrt(4.0 / (cfg.conv_pos_kernel * cfg.model_dim))
+        nn.init.normal_(conv.weight, mean=0.0, std=std)
+        nn.init.zeros_(conv.bias)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.num_remove = 1 if cfg.conv_pos_kernel % 2 == 0 else 0  # "same" length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.transpose(1, 2))  # (B, D, T + num_remove)
+        if self.num_remove:
+            y = y[..., : -self.num_remove]
+        return F.gelu(y).transpose(1, 2)  # (B, T, D)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(cfg.model_dim)
+        self.attention = GatedRelPosAttention(cfg)
+        self.ffn_norm = nn.LayerNorm(cfg.model_dim)
+        self.ffn_in = nn.Linear(cfg.model_dim, cfg.ffn_dim)
+        self.ffn_out = nn.Linear(cfg.ffn_dim, cfg.model_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+
+    def forward(self, x: torch.Tensor, rel_bias: torch.Tensor,
+                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attn_norm(x), rel_bias, key_padding_mask))
+        h = self.activation_dropout(F.gelu(self.ffn_in(self.ffn_norm(x))))
+        return x + self.dropout(self.ffn_out(h))
+
+
+class WavLMEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = FrontEnd(cfg)
+        self.pos_conv = ConvPositionalEmbedding(cfg)
+        self.pos_norm = nn.LayerNorm(cfg.model_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.rel_pos = RelativePositionTable(cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(cfg.model_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std, depth_std = self.cfg.init_std, self.cfg.init_std / math.sqrt(2 * self.cfg.num_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                scaled = name.endswith("attention.out_proj") or name.endswith("ffn_out")
+                nn.init.normal_(module.weight, std=depth_std if scaled else std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor,
+                mask: torch.Tensor | None = None, output_hidden_states: bool = False,
+                layerdrop_generator: torch.Generator | None = None) -> EncoderOutput:
+        check_inputs(features, frame_lengths, mask, self.cfg.num_mel_bins)
+        T_in = features.shape[1]
+        frame_valid = torch.arange(T_in, device=features.device) < frame_lengths[:, None]
+        if mask is not None:
+            mask = mask & frame_valid
+        dtype = self.frontend.proj_in.weight.dtype
+        x = self.frontend(features.to(dtype), frame_valid, mask)  # (B, T_enc, D)
+        lengths = encoder_lengths(frame_lengths, self.cfg.frame_stack)
+        padding = torch.arange(x.shape[1], device=x.device) >= lengths[:, None]  # (B, T_enc)
+        x = x.masked_fill(padding[..., None], 0.0)
+        x = self.dropout(self.pos_norm(x + self.pos_conv(x)))
+        rel_bias = self.rel_pos(x.shape[1])  # (H, 2T - 1), shared by all blocks
+        return self.run_blocks(x, rel_bias, padding, lengths, output_hidden_states,
+                               self.layerdrop_decisions(layerdrop_generator))
+
+    def layerdrop_decisions(self, generator: torch.Generator | None) -> list[bool]:
+        if not (self.training and self.cfg.layerdrop > 0):
+            return [False] * self.cfg.num_layers
+        if generator is None:
+            raise ValueError("layerdrop > 0 in training needs layerdrop_generator (a CPU "
+                             "torch.Generator seeded identically on every rank); the global "
+                             "RNG would make ranks disagree and resumes diverge")
+        # CPU generator: drawing the decisions needs no device sync.
+        return (torch.rand(self.cfg.num_layers, generator=generator) < self.cfg.layerdrop).tolist()
+
+    def run_blocks(self, x: torch.Tensor, rel_bias: torch.Tensor, padding: torch.Tensor,
+                   lengths: torch.Tensor, output_hidden_states: bool,
+                   dropped: list[bool]) -> EncoderOutput:
+        outputs = [x] if output_hidden_states else None
+        for block, drop in zip(self.blocks, dropped):
+            if drop:
+                # Keep the skipped block's gradients defined (zeros): ZeRO-2 reduces
+                # gradients in buckets that must hold the same parameters on every rank.
+                x = x + 0.0 * sum(p.sum() for p in block.parameters()).to(x.dtype)
+            elif self.cfg.activation_checkpointing and self.training:
+                x = checkpoint(block, x, rel_bias, padding, use_reentrant=False)
+            else:
+                x = block(x, rel_bias, padding)
+            x = x.masked_fill(padding[..., None], 0.0)
+            if outputs is not None:
+                outputs.append(x)
+        hidden = self.final_norm(x).masked_fill(padding[..., None], 0.0)
+        return EncoderOutput(hidden, lengths, padding, outputs)
+
+
+def check_inputs(features: torch.Tensor, frame_lengths: torch.Tensor, mask: torch.Tensor | None,
+                 num_mel_bins: int) -> None:
+    """Clear errors for malformed inputs; never a silent broadcast.
+
+    Shape and dtype checks are free. The value check (0 < length <= T) is immediate on CPU;
+    on CUDA it is an asynchronous device assert so the training step never waits on it.
+    """
+    if features.ndim != 3 or features.shape[-1] != num_mel_bins:
+        raise ValueError(f"features: expected (B, T, {num_mel_bins}), got {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"features: expected a float dtype, got {features.dtype}")
+    B, T = features.shape[:2]
+    if frame_lengths.ndim != 1 or frame_lengths.shape[0] != B:
+        raise ValueError(f"frame_lengths: expected shape ({B},), got {tuple(frame_lengths.shape)}")
+    if frame_lengths.is_floating_point() or frame_lengths.dtype == torch.bool:
+        raise ValueError(f"frame_lengths: expected an integer dtype, got {frame_lengths.dtype}")
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask: expected torch.bool, got {mask.dtype}")
+        if tuple(mask.shape) != (B, T):
+            raise ValueError(f"mask: expected shape {(B, T)} aligned to input frames, got "
+                             f"{tuple(mask.shape)}")
+    ok = (frame_lengths > 0).all() & (frame_lengths <= T).all()
+    if frame_lengths.device.type == "cpu":
+        if not bool(ok):
+            raise ValueError(f"frame_lengths: every value must be in [1, {T}] (the padded "
+                             f"length), got {frame_lengths.tolist()}")
+    else:
+        torch._assert_async(ok, "frame_lengths out of [1, T]")
