@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
         feats[split.name] = (
             extract(upstream, [u.key for u in split.utterances], audios, args.batch_seconds,
                     f"{split.name} features"),
-            references(audios, upstream.stack, tracker, f"praat {split.name}"))
+            references(audios, upstream.stack, upstream.logmel_mode, tracker, f"praat {split.name}"))
     res = run_f0(*feats["train"], *feats["test"], settings)
     result = {"tool": "eval_f0", "command": cli.command_line(), "upstream": upstream.info,
               "probe": settings.as_dict(), "frame_s": feats["train"][0].frame_s,

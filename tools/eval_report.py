@@ -1,7 +1,7 @@
 """Results table: a pretrained encoder and the log-Mel baseline through both probes.
 
 usage: python tools/eval_report.py [--upstream runs/demo/export] [--corpus runs/demo/corpus] \
-           [--out-dir runs/demo/eval] [--epochs 15] [--hidden 64] [--downstream bilstm]
+           [--out-dir runs/demo/eval] [--epochs 10] [--hidden 64] [--downstream bilstm]
 
 Trains the ASR (CTC, characters) and F0 probes on the corpus's train-split speakers and
 scores them on the test-split speakers, once on the frozen encoder (softmax-weighted sum
@@ -76,7 +76,7 @@ def verdict(diff: dict[str, dict]) -> tuple[list[str], list[str], list[str]]:
 
 SCALE_NOTE = (
     "Why, and what scale would be needed: the demo encoder is a {desc} model pretrained for "
-    "{steps} steps ({objective} objective) on {hours:.2f} h of synthetic speech, so it has had little "
+    "{steps} steps ({objective} objective) on {hours}, so it has had little "
     "chance to learn more than a re-encoding of its log-Mel input, and a probe cannot find "
     "in a re-encoding anything the same probe cannot find in the input itself. In SUPERB "
     "(Yang et al., 2021), with this probe design (weighted layer sum + 2-layer BiLSTM, CTC) "
@@ -117,11 +117,23 @@ def prose(report: dict) -> str:
             f"not distinguishable (paired CI contains 0) on: {', '.join(same) or 'nothing'}."]
     if "WER %" not in better or "CER %" not in better:
         text += ["", report["scale_note"]]
+    up, pr, tr = s["upstream"], s["probe"], s["tracker"]
+    head = "BiLSTM 2 x {hidden} units/direction".format(**pr) if pr["downstream"] == "bilstm" else "linear"
     text += ["", f"Command: `{report['command']}`  ",
-             f"Upstream: `{s['upstream']}`; probe: {s['probe']}; tracker: Praat AC {s['tracker']}, "
-             f"self-check worst RMSE {s['tracker_worst_cents']:.1f} cents on synthetic tones; "
-             f"F0 and V/UV on 20 ms frames (log-Mel: two 10 ms frames stacked); elapsed "
-             f"{report['elapsed_s']:.0f} s."]
+             f"Upstream: `{up['upstream']}`: preset {up['preset']}, {up['num_layers']} layers x "
+             f"{up['model_dim']}, {up['parameters'] / 1e6:.2f}M parameters, {up['objective']} "
+             f"objective, {up['max_steps']} steps; the probe mixes all {len(report['layer_weights']['asr'])} "
+             f"layer outputs (block input, each block, final LayerNorm).  ",
+             f"Probe: softmax layer weights + {head}, {pr['epochs']} epochs, batch {pr['batch_size']}, "
+             f"Adam lr {pr['lr']}, seed {pr['seed']}; ASR: CTC on characters, greedy decoding, "
+             "jiwer. F0: Praat autocorrelation (parselmouth, floor {floor_hz:g} Hz, ceiling "
+             "{ceiling_hz:g} Hz) on the clean audio, read at each 20 ms frame centre (the log-Mel "
+             "baseline stacks two 10 ms frames, as the encoder does, so both are scored on the same "
+             "frames); tracker self-check on synthetic tones: worst RMSE {worst:.1f} cents. "
+             "F0-RMSE over reference-voiced frames, GPE = share of them off by > 20 %, V/UV error "
+             "over all frames. Six metrics at 95 % each: one spurious 'significant' difference "
+             "is not unusual. Elapsed {elapsed:.0f} s.".format(**tr, worst=s["tracker_worst_cents"],
+                                                               elapsed=report["elapsed_s"])]
     return "\n".join(text)
 
 
@@ -132,7 +144,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--corpus", type=Path, default=Path("runs/demo/corpus"),
                    help="holds train/ and test/ splits (tools/synth_corpus.py layout)")
     p.add_argument("--out-dir", type=Path, default=Path("runs/demo/eval"))
-    cli.add_probe_args(p, epochs=15, hidden=64)
+    cli.add_probe_args(p, epochs=10, hidden=64)
     p.add_argument("--max-train-utts", type=int, default=0)
     p.add_argument("--max-test-utts", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=30.0)
@@ -141,41 +153,51 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def build_report(args: argparse.Namespace, info: dict, systems: dict[str, dict],
+                 splits: tuple[Split, Split], check: dict, tracker: TrackerConfig,
+                 settings: ProbeSettings, t0: float) -> dict:
+    pre_res, base_res = systems.values()
+    diff = differences(pre_res, base_res, args.resamples, args.seed)
+    better, worse, same = verdict(diff)
+    train_info, test_info = (cli.split_info(s) for s in splits)
+    return {
+        "tool": "eval_report", "command": cli.command_line(), "elapsed_s": time.time() - t0,
+        "settings": {"upstream": info, "probe": settings.as_dict(), "tracker": vars(tracker),
+                     "tracker_self_check": check, "resamples": args.resamples,
+                     "tracker_worst_cents": max(r["rmse_cents"] for r in check.values()),
+                     "train": train_info, "test": test_info},
+        "systems": {k: {"metrics": v["metrics"], "asr": v["asr"].summary(),
+                        "f0_train_loss_curve": v["f0"].train_curve} for k, v in systems.items()},
+        "layer_weights": {"asr": pre_res["asr"].layer_weights, "f0": pre_res["f0"].layer_weights},
+        "difference": diff, "verdict": {"better": better, "worse": worse, "same": same},
+        "constant_f0_predictor": base_res["f0"].constant.metrics(args.resamples, args.seed, "test"),
+        "scale_note": SCALE_NOTE.format(
+            desc=f"{info['num_layers']} x {info['model_dim']} ({info['parameters'] / 1e6:.1f}M "
+                 "parameters)", steps=info["max_steps"], objective=info["objective"],
+            hours=("an unknown amount of audio" if info["pretrain_hours"] is None
+                   else f"{info['pretrain_hours']:.2f} h of audio"))}
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     cli.set_threads(args)
     settings, tracker, t0 = cli.probe_settings(args), TrackerConfig(), time.time()
+    for need in (Path(args.upstream), args.corpus / "train", args.corpus / "test"):
+        if not need.exists():
+            raise EvalError(f"{need} does not exist: run `make demo` first (it synthesizes the "
+                            "corpus and exports the checkpoint), or pass --upstream/--corpus")
     check = checked_tracker(tracker, TRACKER_BOUND_CENTS)
-    train, test = cli.load_splits(args)
+    splits = cli.load_splits(args)
     pre = load_upstream(args.upstream, export_live)
     base = logmel_upstream(pre.stack, pre.logmel_mode)  # same framing as the encoder
     # One set of labels for both systems: same transcripts, same F0 reference frames.
     labels = {s.name: (label_texts(s, FIELD["chars"]),
-                       references([u.audio for u in s.utterances], pre.stack, tracker, f"praat {s.name}"))
-              for s in (train, test)}
-    systems = {f"pretrained (`{pre.name}`)": evaluate(pre, (train, test), labels, settings, args),
-               "log-Mel baseline": evaluate(base, (train, test), labels, settings, args)}
-    pre_res, base_res = systems.values()
-    diff = differences(pre_res, base_res, args.resamples, args.seed)
-    better, worse, same = verdict(diff)
-    cfg = pre.info
-    report = {
-        "tool": "eval_report", "command": cli.command_line(), "elapsed_s": time.time() - t0,
-        "settings": {"upstream": cfg, "probe": settings.as_dict(), "tracker": vars(tracker),
-                     "tracker_self_check": check, "resamples": args.resamples,
-                     "tracker_worst_cents": max(r["rmse_cents"] for r in check.values()),
-                     "train": cli.split_info(train), "test": cli.split_info(test)},
-        "systems": {k: {"metrics": v["metrics"], "asr": v["asr"].summary(),
-                        "f0_layer_weights": v["f0"].layer_weights,
-                        "f0_train_loss_curve": v["f0"].train_curve} for k, v in systems.items()},
-        "difference": diff, "verdict": {"better": better, "worse": worse, "same": same},
-        "constant_f0_predictor": base_res["f0"].constant.metrics(args.resamples, args.seed, "test"),
-        "scale_note": SCALE_NOTE.format(
-            desc=f"{cfg.get('num_layers')} x {cfg.get('model_dim')} ({cfg.get('parameters', 0) / 1e6:.1f}M "
-                 "parameters)", steps=cfg.get("max_steps", "?"), objective=cfg.get("objective", "?"),
-            hours=cli.split_info(train)["hours"])}
-    table = markdown(report, systems)
-    md = f"{table}\n\n{prose(report)}\n"
+                       references([u.audio for u in s.utterances], pre.stack, pre.logmel_mode,
+                                  tracker, f"praat {s.name}")) for s in splits}
+    systems = {f"pretrained (`{args.upstream}`)": evaluate(pre, splits, labels, settings, args),
+               "log-Mel baseline": evaluate(base, splits, labels, settings, args)}
+    report = build_report(args, pre.info, systems, splits, check, tracker, settings, t0)
+    md = f"{markdown(report, systems)}\n\n{prose(report)}\n"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "results.md").write_text(md)
     cli.write_json(args.out_dir / "results.json", report)

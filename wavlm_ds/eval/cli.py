@@ -36,8 +36,8 @@ def add_probe_args(p: argparse.ArgumentParser, epochs: int = 20, hidden: int = 1
     g.add_argument("--downstream", choices=["linear", "bilstm"], default="bilstm")
     g.add_argument("--hidden", type=int, default=hidden, help="BiLSTM units per direction")
     g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--lr", type=float, default=3e-3)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (95%% CI)")
     g.add_argument("--batch-seconds", type=float, default=60.0,

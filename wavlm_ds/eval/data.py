@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,20 +64,12 @@ def resolve_shards(spec: str) -> list[Path]:
 
 
 def _from_index(index: Path) -> list[Path]:
-    """Shard paths listed by an index.json (relative paths are relative to its directory)."""
+    """Shard paths listed by an index.json (names relative to its directory)."""
+    from wavlm_ds.data.index import IndexError_, read_index
     try:
-        from wavlm_ds.data.index import read_index
-        return [Path(p) for p in read_index(index).paths()]
-    except ImportError:
-        pass
-    data = json.loads(index.read_text())
-    entries = data.get("shards", []) if isinstance(data, dict) else data
-    out = []
-    for e in entries:
-        name = e if isinstance(e, str) else next(e[k] for k in ("path", "url", "file", "name") if k in e)
-        p = Path(name)
-        out.append(p if p.is_absolute() else index.parent / p)
-    return out
+        return read_index(index).shard_paths()
+    except IndexError_ as err:
+        raise EvalError(str(err)) from None
 
 
 def _read_shard(path: Path, max_member_bytes: int) -> dict[str, dict[str, bytes]]:
@@ -95,10 +88,16 @@ def _read_shard(path: Path, max_member_bytes: int) -> dict[str, dict[str, bytes]
     return samples
 
 
-def _decode(blob: bytes, source: str) -> np.ndarray:
-    from wavlm_ds.data.audio import decode_audio, to_mono_16k
-    audio, sr = decode_audio(blob, source)
-    return np.ascontiguousarray(to_mono_16k(audio, sr), dtype=np.float32)
+def _decode(blob: bytes, source: str) -> np.ndarray | None:
+    """Mono 16 kHz float32, or None for a sample that cannot be used (counted by the caller)."""
+    from wavlm_ds.data.audio import AudioError, check_waveform, decode_audio, to_mono_16k
+    try:
+        audio = to_mono_16k(*decode_audio(blob, source))
+        check_waveform(audio, source)
+    except AudioError as err:
+        print(f"[eval] skipped: {err}", file=sys.stderr)
+        return None
+    return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 def load_split(spec: str, name: str, max_utterances: int = 0, max_seconds: float = 30.0,
@@ -111,7 +110,8 @@ def load_split(spec: str, name: str, max_utterances: int = 0, max_seconds: float
     shards = resolve_shards(spec)
     if not shards:
         raise EvalError(f"{name} split {spec!r}: no shards found")
-    split = Split(name, spec, [], {"no_audio": 0, "no_json": 0, "too_long": 0, "too_short": 0})
+    split = Split(name, spec, [], {"no_audio": 0, "no_json": 0, "bad_audio": 0, "too_long": 0,
+                                   "too_short": 0})
     for shard in tqdm(shards, desc=f"read {name}", unit="shard", leave=False):
         for key, members in _read_shard(shard, max_member_bytes).items():
             ext = next((e for e in AUDIO_EXTS if e in members), None)
@@ -122,6 +122,9 @@ def load_split(spec: str, name: str, max_utterances: int = 0, max_seconds: float
                 split.skipped["no_json"] += 1
                 continue
             audio = _decode(members[ext], f"{shard}:{key}.{ext}")
+            if audio is None:
+                split.skipped["bad_audio"] += 1
+                continue
             if audio.size > max_seconds * SR:
                 split.skipped["too_long"] += 1
                 continue

@@ -24,21 +24,22 @@ from tqdm import tqdm
 
 from wavlm_ds.eval import EvalError
 from wavlm_ds.eval.metrics import bootstrap_ratio
-from wavlm_ds.eval.pitch import TrackerConfig, cents, reference_f0
+from wavlm_ds.eval.pitch import SR, TrackerConfig, cents, reference_f0
 from wavlm_ds.eval.probe import ProbeSettings, build_probe, predict, train_probe
-from wavlm_ds.eval.upstream import HOP_S, Features, num_frames
+from wavlm_ds.eval.upstream import HOP_S, Features, first_center_s, num_frames
 
 GPE_THRESHOLD = 0.2
 
 
-def references(audios: Sequence[np.ndarray], stack: int, cfg: TrackerConfig,
+def references(audios: Sequence[np.ndarray], stack: int, logmel_mode: str, cfg: TrackerConfig,
                desc: str) -> list[np.ndarray]:
     """Praat F0 (Hz, 0 = unvoiced) per utterance, one value per probe frame.
 
     The grid depends only on the audio length and the stack, so one reference serves the
     encoder and the log-Mel baseline alike.
     """
-    return [reference_f0(a, num_frames(a.size, stack), HOP_S, stack, cfg)
+    offset = first_center_s(logmel_mode)
+    return [reference_f0(a, num_frames(a.size, stack, logmel_mode), HOP_S, stack, cfg, SR, offset)
             for a in tqdm(audios, desc=desc, unit="utt", leave=False)]
 
 

@@ -1,7 +1,7 @@
 """F0 reference from Praat (parselmouth), aligned to a probe's frame grid, and its self-check.
 
 Frame grid. `log_mel(mode="htk")` gives 1 + S // 160 frames for S samples: input frame i
-is centred on sample 160 i (t = 10 ms x i). The encoder stacks `stack` (=2) input frames
+is centred on sample 160 i (t = 10 ms x i; kaldi mode snips edges: t = 12.5 ms + 10 ms x i). The encoder stacks `stack` (=2) input frames
 without overlap, so encoder frame k is centred on t = hop x (stack k + (stack - 1) / 2),
 i.e. 20 ms x k + 5 ms. The log-Mel baseline is stacked the same way (see upstream.py), so
 both systems are scored on the *same* frames against the *same* reference.
@@ -40,9 +40,13 @@ def praat_track(audio: np.ndarray, sr: int, cfg: TrackerConfig = TrackerConfig()
     return np.asarray(pitch.xs()), np.nan_to_num(pitch.selected_array["frequency"])
 
 
-def frame_centers(num_frames: int, hop_s: float = 0.01, stack: int = 2) -> np.ndarray:
-    """Centre times (s) of `num_frames` frames made of `stack` input frames each."""
-    return hop_s * (stack * np.arange(num_frames) + (stack - 1) / 2)
+def frame_centers(num_frames: int, hop_s: float = 0.01, stack: int = 2,
+                  offset_s: float = 0.0) -> np.ndarray:
+    """Centre times (s) of `num_frames` frames made of `stack` input frames each.
+
+    offset_s: centre of input frame 0 (0 for htk log-Mel; 12.5 ms for kaldi's snip_edges).
+    """
+    return offset_s + hop_s * (stack * np.arange(num_frames) + (stack - 1) / 2)
 
 
 def on_grid(times: np.ndarray, f0: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -61,10 +65,11 @@ def on_grid(times: np.ndarray, f0: np.ndarray, centers: np.ndarray) -> np.ndarra
 
 
 def reference_f0(audio: np.ndarray, num_frames: int, hop_s: float = 0.01, stack: int = 2,
-                 cfg: TrackerConfig = TrackerConfig(), sr: int = SR) -> np.ndarray:
+                 cfg: TrackerConfig = TrackerConfig(), sr: int = SR,
+                 offset_s: float = 0.0) -> np.ndarray:
     """(num_frames,) reference F0 in Hz (0 = unvoiced) on the probe's frame grid."""
     times, f0 = praat_track(audio, sr, cfg)
-    return on_grid(times, f0, frame_centers(num_frames, hop_s, stack))
+    return on_grid(times, f0, frame_centers(num_frames, hop_s, stack, offset_s))
 
 
 def cents(pred_hz: np.ndarray, ref_hz: np.ndarray) -> np.ndarray:

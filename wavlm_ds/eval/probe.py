@@ -22,8 +22,8 @@ class ProbeSettings:
     downstream: Literal["linear", "bilstm"] = "bilstm"
     hidden: int = 128  # BiLSTM units per direction
     epochs: int = 20
-    batch_size: int = 16  # utterances
-    lr: float = 2e-3
+    batch_size: int = 8  # utterances; small batches = more steps on a small corpus
+    lr: float = 3e-3
     grad_clip: float = 5.0
     seed: int = 0
 
@@ -138,7 +138,7 @@ def train_probe(probe: Probe, layers: Sequence[torch.Tensor], loss_fn: LossFn,
             loss.backward()
             nn.utils.clip_grad_norm_(probe.parameters(), s.grad_clip)
             opt.step()
-            total, n = total + float(loss) * len(idx), n + len(idx)
+            total, n = total + loss.item() * len(idx), n + len(idx)
         curve.append(total / n)
         bar.set_postfix(loss=f"{curve[-1]:.3f}")
     probe.eval()

@@ -18,9 +18,11 @@ import torch
 from tqdm import tqdm
 
 from wavlm_ds.eval import EvalError
+from wavlm_ds.model.frontend import encoder_lengths, stack_frames
 
 LOGMEL = "logmel"
 HOP_S = 0.01  # log-Mel hop: 160 samples at 16 kHz
+WIN_S = 0.025  # log-Mel window: 400 samples
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Features:
     keys: list[str]
     layers: list[torch.Tensor]
     stack: int  # input frames per feature frame
+    logmel_mode: str = "htk"
     hop_s: float = HOP_S
     info: dict = field(default_factory=dict)
 
@@ -63,8 +66,9 @@ class Upstream:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         from wavlm_ds.ops.logmel import log_mel
         feats, frame_lengths = log_mel(audio, lengths, mode=self.logmel_mode)  # (B, T_in, 80)
-        if self.encoder is None:
-            return stack_frames(feats, self.stack)[None], _ceil_div(frame_lengths, self.stack)
+        if self.encoder is None:  # the encoder front end's own stacking, without its weights
+            return (stack_frames(feats, self.stack)[None],
+                    encoder_lengths(frame_lengths, self.stack))
         out = self.encoder(feats, frame_lengths, mask=None, output_hidden_states=True)
         layers = list(out.layer_outputs or [])
         # The encoder's final output may carry a last LayerNorm that no block output has.
@@ -73,17 +77,15 @@ class Upstream:
         return torch.stack([h.float() for h in layers]), out.lengths
 
 
-def _ceil_div(x: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.div(x + n - 1, n, rounding_mode="floor")
+def first_center_s(logmel_mode: str) -> float:
+    """Centre of input frame 0: htk pads half a window (t = 0); kaldi snips edges (12.5 ms)."""
+    return 0.0 if logmel_mode == "htk" else WIN_S / 2
 
 
-def stack_frames(feats: torch.Tensor, stack: int) -> torch.Tensor:
-    """(B, T_in, F) -> (B, ceil(T_in / stack), stack * F): non-overlapping, zero-padded end."""
-    B, T, F = feats.shape
-    pad = (-T) % stack
-    if pad:
-        feats = torch.cat([feats, feats.new_zeros(B, pad, F)], dim=1)
-    return feats.reshape(B, (T + pad) // stack, stack * F)  # (B, T_enc, stack*F)
+def num_frames(samples: int, stack: int, logmel_mode: str = "htk") -> int:
+    """Probe frames of an utterance: log-Mel frames of its mode, stacked by `stack`."""
+    from wavlm_ds.ops.logmel import num_frames as mel_frames
+    return math.ceil(int(mel_frames(torch.tensor(samples), logmel_mode)) / stack)
 
 
 def logmel_upstream(stack: int = 2, logmel_mode: str = "htk") -> Upstream:
@@ -108,10 +110,25 @@ def encoder_upstream(export_dir: Path, name: str | None = None) -> Upstream:
     info = {"upstream": str(export_dir), "preset": m.preset, "num_layers": m.num_layers,
             "model_dim": m.model_dim, "frame_stack": m.frame_stack,
             "logmel_mode": cfg.data.logmel_mode, "objective": cfg.objective.name,
-            "max_steps": cfg.training.max_steps,
+            "max_steps": cfg.training.max_steps, "pretrain_hours": _pretrain_hours(cfg),
             "parameters": sum(p.numel() for p in encoder.parameters())}
     return Upstream(name or Path(export_dir).name, m.frame_stack, cfg.data.logmel_mode,
                     encoder, info)
+
+
+def _pretrain_hours(cfg) -> float | None:
+    """Hours of the pretraining sources when each is an index.json still on disk, else None."""
+    from wavlm_ds.data.index import IndexError_, read_index
+    total = 0.0
+    for src in cfg.data.sources:
+        path = Path(src.shards)
+        if path.suffix != ".json" or not path.is_file():
+            return None
+        try:
+            total += sum(s.hours for s in read_index(path).shards)
+        except IndexError_:
+            return None
+    return total if cfg.data.sources else None
 
 
 def load_upstream(spec: str, exporter: Callable[[Path, Path], Path] | None = None,
@@ -134,11 +151,6 @@ def load_upstream(spec: str, exporter: Callable[[Path, Path], Path] | None = Non
         upstream = encoder_upstream(exported, name=path.name)
     upstream.info["upstream"] = str(path)
     return upstream
-
-
-def num_frames(samples: int, stack: int) -> int:
-    """Probe frames of an utterance: htk log-Mel gives 1 + S // 160, stacked by `stack`."""
-    return math.ceil((1 + samples // 160) / stack)
 
 
 def _batches(lengths: Sequence[int], max_samples: int) -> list[list[int]]:
@@ -169,11 +181,12 @@ def extract(upstream: Upstream, keys: Sequence[str], audios: Sequence[np.ndarray
         layers, frame_lengths = upstream(wav, torch.tensor([lengths[i] for i in batch]))
         for row, i in enumerate(batch):
             out[i] = layers[:, row, :int(frame_lengths[row])].clone()  # (L, T_i, D)
-    expected = [num_frames(n, upstream.stack) for n in lengths]
+    expected = [num_frames(n, upstream.stack, upstream.logmel_mode) for n in lengths]
     got = [int(t.shape[1]) for t in out]
     if got != expected:
         bad = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
         raise EvalError(f"{upstream.name}: utterance {keys[bad]} gave {got[bad]} frames, expected "
-                        f"ceil((1 + samples // 160) / {upstream.stack}) = {expected[bad]}; the F0 "
-                        "reference grid assumes that framing")
-    return Features(upstream.name, list(keys), out, upstream.stack, HOP_S, dict(upstream.info))
+                        f"{expected[bad]} ({upstream.logmel_mode} log-Mel frames / "
+                        f"{upstream.stack}); the F0 reference grid assumes that framing")
+    return Features(upstream.name, list(keys), out, upstream.stack, upstream.logmel_mode, HOP_S,
+                    dict(upstream.info))
