@@ -36,7 +36,8 @@ def checked_tracker(cfg: TrackerConfig, bound_cents: float) -> dict:
     worst = max(r["rmse_cents"] for r in check.values())
     if worst > bound_cents:
         raise EvalError(f"pitch tracker self-check failed: RMSE {worst:.1f} cents > "
-                        f"{bound_cents} on synthetic tones ({check}); check --floor-hz/--ceiling-hz")
+                        f"{bound_cents} on synthetic tones ({check}); check "
+                        "--floor-hz/--ceiling-hz")
     return check
 
 
@@ -63,7 +64,8 @@ def main(argv: list[str]) -> int:
         feats[split.name] = (
             extract(upstream, [u.key for u in split.utterances], audios, args.batch_seconds,
                     f"{split.name} features"),
-            references(audios, upstream.stack, upstream.logmel_mode, tracker, f"praat {split.name}"))
+            references(audios, upstream.stack, upstream.logmel_mode, tracker,
+                       f"praat {split.name}"))
     res = run_f0(*feats["train"], *feats["test"], settings)
     result = {"tool": "eval_f0", "command": cli.command_line(), "upstream": upstream.info,
               "probe": settings.as_dict(), "frame_s": feats["train"][0].frame_s,

@@ -48,8 +48,9 @@ METRIC_KEYS = {"WER %": ("asr", "wer"), "CER %": ("asr", "cer"),
 def evaluate(upstream: Upstream, splits: tuple[Split, Split], labels: dict[str, tuple],
              settings: ProbeSettings, args: argparse.Namespace) -> dict:
     """Both probes on one frozen upstream; labels[split] = (texts, F0 references)."""
-    feats = {s.name: extract(upstream, [u.key for u in s.utterances], [u.audio for u in s.utterances],
-                             args.batch_seconds, f"{s.name} features") for s in splits}
+    feats = {s.name: extract(upstream, [u.key for u in s.utterances],
+                             [u.audio for u in s.utterances], args.batch_seconds,
+                             f"{s.name} features") for s in splits}
     (texts_tr, refs_tr), (texts_te, refs_te) = labels["train"], labels["test"]
     asr = run_asr(feats["train"], texts_tr, feats["test"], texts_te, settings, "chars")
     f0 = run_f0(feats["train"], refs_tr, feats["test"], refs_te, settings)
@@ -104,37 +105,45 @@ def markdown(report: dict, systems: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def prose(report: dict) -> str:
-    better, worse, same = report["verdict"]["better"], report["verdict"]["worse"], report["verdict"]["same"]
-    s = report["settings"]
-    text = [f"Probes trained on {s['train']['utterances']} utterances ({s['train']['speakers']} "
-            f"speakers, {60 * s['train']['hours']:.1f} min) and scored on {s['test']['utterances']} "
-            f"held-out utterances ({s['test']['speakers']} other speakers, "
-            f"{60 * s['test']['hours']:.1f} min). Cells: value [95% CI], percentile bootstrap "
-            f"over test utterances ({s['resamples']} resamples); lower is better everywhere.", "",
+def verdict_text(report: dict) -> list[str]:
+    v, s = report["verdict"], report["settings"]
+    tr, te = s["train"], s["test"]
+    text = [f"Probes trained on {tr['utterances']} utterances ({tr['speakers']} speakers, "
+            f"{60 * tr['hours']:.1f} min) and scored on {te['utterances']} held-out utterances "
+            f"({te['speakers']} other speakers, {60 * te['hours']:.1f} min). Cells: value "
+            f"[95% CI], percentile bootstrap over test utterances ({s['resamples']} resamples); "
+            "lower is better everywhere.", "",
             "**Verdict.** The pretrained encoder is better than the log-Mel baseline on: "
-            f"{', '.join(better) or 'nothing'}; worse on: {', '.join(worse) or 'nothing'}; "
-            f"not distinguishable (paired CI contains 0) on: {', '.join(same) or 'nothing'}."]
-    if "WER %" not in better or "CER %" not in better:
+            f"{', '.join(v['better']) or 'nothing'}; worse on: "
+            f"{', '.join(v['worse']) or 'nothing'}; not distinguishable (paired CI contains 0) "
+            f"on: {', '.join(v['same']) or 'nothing'}."]
+    if "WER %" not in v["better"] or "CER %" not in v["better"]:
         text += ["", report["scale_note"]]
+    return text
+
+
+def settings_text(report: dict) -> list[str]:
+    s = report["settings"]
     up, pr, tr = s["upstream"], s["probe"], s["tracker"]
-    head = "BiLSTM 2 x {hidden} units/direction".format(**pr) if pr["downstream"] == "bilstm" else "linear"
-    text += ["", f"Command: `{report['command']}`  ",
-             f"Upstream: `{up['upstream']}`: preset {up['preset']}, {up['num_layers']} layers x "
-             f"{up['model_dim']}, {up['parameters'] / 1e6:.2f}M parameters, {up['objective']} "
-             f"objective, {up['max_steps']} steps; the probe mixes all {len(report['layer_weights']['asr'])} "
-             f"layer outputs (block input, each block, final LayerNorm).  ",
-             f"Probe: softmax layer weights + {head}, {pr['epochs']} epochs, batch {pr['batch_size']}, "
-             f"Adam lr {pr['lr']}, seed {pr['seed']}; ASR: CTC on characters, greedy decoding, "
-             "jiwer. F0: Praat autocorrelation (parselmouth, floor {floor_hz:g} Hz, ceiling "
-             "{ceiling_hz:g} Hz) on the clean audio, read at each 20 ms frame centre (the log-Mel "
-             "baseline stacks two 10 ms frames, as the encoder does, so both are scored on the same "
-             "frames); tracker self-check on synthetic tones: worst RMSE {worst:.1f} cents. "
-             "F0-RMSE over reference-voiced frames, GPE = share of them off by > 20 %, V/UV error "
-             "over all frames. Six metrics at 95 % each: one spurious 'significant' difference "
-             "is not unusual. Elapsed {elapsed:.0f} s.".format(**tr, worst=s["tracker_worst_cents"],
-                                                               elapsed=report["elapsed_s"])]
-    return "\n".join(text)
+    layers = len(report["layer_weights"]["asr"])
+    head = (f"BiLSTM 2 x {pr['hidden']} units/direction" if pr["downstream"] == "bilstm"
+            else "linear")
+    return [
+        f"Command: `{report['command']}`  ",
+        f"Upstream: `{up['upstream']}`: preset {up['preset']}, {up['num_layers']} layers x "
+        f"{up['model_dim']}, {up['parameters'] / 1e6:.2f}M parameters, {up['objective']} "
+        f"objective, {up['max_steps']} steps; the probe mixes all {layers} layer "
+        "outputs (block input, each block, final LayerNorm).  ",
+        f"Probe: softmax layer weights + {head}, {pr['epochs']} epochs, batch {pr['batch_size']}, "
+        f"Adam lr {pr['lr']}, seed {pr['seed']}; ASR: CTC on characters, greedy decoding, jiwer. "
+        f"F0: Praat autocorrelation (parselmouth, floor {tr['floor_hz']:g} Hz, ceiling "
+        f"{tr['ceiling_hz']:g} Hz) on the clean audio, read at each 20 ms frame centre (the "
+        "log-Mel baseline stacks two 10 ms frames, as the encoder does, so both are scored on "
+        "the same frames); tracker self-check on synthetic tones: worst RMSE "
+        f"{s['tracker_worst_cents']:.1f} cents. F0-RMSE over reference-voiced frames, GPE = "
+        "share of them off by > 20 %, V/UV error over all frames. Six metrics at 95 % each: "
+        "one spurious 'significant' difference is not unusual. "
+        f"Elapsed {report['elapsed_s']:.0f} s."]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -197,7 +206,8 @@ def main(argv: list[str]) -> int:
     systems = {f"pretrained (`{args.upstream}`)": evaluate(pre, splits, labels, settings, args),
                "log-Mel baseline": evaluate(base, splits, labels, settings, args)}
     report = build_report(args, pre.info, systems, splits, check, tracker, settings, t0)
-    md = f"{markdown(report, systems)}\n\n{prose(report)}\n"
+    md = "\n".join([markdown(report, systems), "", *verdict_text(report), "",
+                    *settings_text(report)]) + "\n"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "results.md").write_text(md)
     cli.write_json(args.out_dir / "results.json", report)

@@ -98,7 +98,8 @@ def test_asr_and_f0_probes_give_finite_results(upstream, corpus, export, tmp_pat
     for result in (a, f):
         assert all(math.isfinite(x) for x in finite_numbers(result))
     assert a["test"]["utterances"] == 6 and a["metrics"]["wer"]["value"] >= 0
-    assert a["metrics"]["cer"]["ci_lo"] <= a["metrics"]["cer"]["value"] <= a["metrics"]["cer"]["ci_hi"]
+    cer = a["metrics"]["cer"]
+    assert cer["ci_lo"] <= cer["value"] <= cer["ci_hi"]
     assert f["metrics"]["f0_rmse_hz"]["value"] > 0 and 0 <= f["metrics"]["vuv_error"]["value"] <= 1
     assert abs(sum(a["layer_weights"]) - 1) < 1e-5
     if upstream == "export":

@@ -44,11 +44,28 @@ def test_frame_centers() -> None:
     assert np.allclose(frame_centers(3, 0.01, 1), [0.0, 0.01, 0.02])
 
 
-def test_on_grid_needs_both_neighbours_voiced() -> None:
+def test_on_grid_reads_like_praat_get_value_at_time() -> None:
+    """Praat (Sampled_getValueAtX, linear): the nearest frame decides voicing; a voiced far
+    neighbour is interpolated, an unvoiced one is ignored; beyond half a step: undefined."""
     times = np.array([0.0, 0.01, 0.02, 0.03])
     f0 = np.array([100.0, 200.0, 0.0, 300.0])
-    got = on_grid(times, f0, np.array([0.005, 0.015, 0.025, 0.03, 0.5]))
-    assert got.tolist() == [150.0, 0.0, 0.0, 300.0, 0.0]
+    got = on_grid(times, f0, np.array([0.005, 0.0125, 0.015, 0.025, 0.03, 0.034, 0.036, -0.006]))
+    assert got == pytest.approx([150.0, 200.0, 0.0, 300.0, 300.0, 300.0, 0.0, 0.0])
+
+
+def test_on_grid_equals_parselmouth_get_value_at_time() -> None:
+    import parselmouth
+    contour = synthetic_contours()["vibrato"]
+    contour[SR // 2:SR // 2 + 1600] = 0.0  # a 100 ms gap: voicing edges inside the track
+    wav = harmonic_signal(contour).astype(np.float64)
+    pitch = parselmouth.Sound(wav, SR).to_pitch_ac(time_step=0.01, pitch_floor=60.0,
+                                                    pitch_ceiling=500.0)
+    centers = frame_centers(-(-(1 + wav.size // 160) // 2))
+    ours = on_grid(np.asarray(pitch.xs()), np.nan_to_num(pitch.selected_array["frequency"]),
+                   centers)
+    praat = np.nan_to_num(np.array([pitch.get_value_at_time(t) for t in centers]))
+    assert (praat > 0).sum() > 50 and (praat == 0).sum() > 10
+    np.testing.assert_allclose(ours, praat, atol=1e-9)
 
 
 def test_unvoiced_only_audio_gives_clear_error_not_nan() -> None:

@@ -83,7 +83,8 @@ def _ctc_frames_needed(ids: list[int]) -> int:
 
 
 def run_asr(train: Features, train_texts: Sequence[str], test: Features,
-            test_texts: Sequence[str], settings: ProbeSettings, units: Units = "chars") -> AsrResult:
+            test_texts: Sequence[str], settings: ProbeSettings,
+            units: Units = "chars") -> AsrResult:
     """Train the CTC probe on `train`, decode `test` greedily, count word/char errors."""
     train_norm = [normalize(t, units) for t in train_texts]
     refs = [normalize(t, units) for t in test_texts]

@@ -144,7 +144,8 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     for idx in _index_chunks(na.size, resamples, seed):
         sa, sb = da[idx].sum(1), db[idx].sum(1)
         ok = (sa > 0) & (sb > 0)
-        stats.append(transform(na[idx].sum(1)[ok] / sa[ok]) - transform(nb[idx].sum(1)[ok] / sb[ok]))
+        ra, rb = na[idx].sum(1)[ok] / sa[ok], nb[idx].sum(1)[ok] / sb[ok]
+        stats.append(transform(ra) - transform(rb))
     boot = np.concatenate(stats)
     lo, hi = _percentiles(boot, level)
     value = transform(na.sum() / da.sum()) - transform(nb.sum() / db.sum())

@@ -1,14 +1,15 @@
 """F0 reference from Praat (parselmouth), aligned to a probe's frame grid, and its self-check.
 
 Frame grid. `log_mel(mode="htk")` gives 1 + S // 160 frames for S samples: input frame i
-is centred on sample 160 i (t = 10 ms x i; kaldi mode snips edges: t = 12.5 ms + 10 ms x i). The encoder stacks `stack` (=2) input frames
-without overlap, so encoder frame k is centred on t = hop x (stack k + (stack - 1) / 2),
-i.e. 20 ms x k + 5 ms. The log-Mel baseline is stacked the same way (see upstream.py), so
-both systems are scored on the *same* frames against the *same* reference.
+is centred on sample 160 i (t = 10 ms x i; kaldi mode snips edges, t = 12.5 ms + 10 ms x i).
+The encoder stacks `stack` (=2) input frames without overlap, so encoder frame k is
+centred on t = hop x (stack k + (stack - 1) / 2), i.e. 20 ms x k + 5 ms (htk). The
+log-Mel baseline is stacked the same way (see upstream.py), so both systems are scored on
+the *same* frames against the *same* reference.
 
 Reference value at a frame centre: Praat's pitch track (autocorrelation method, 10 ms time
-step) read like Praat's own `Get value at time`: linear interpolation between the two
-neighbouring Praat frames, voiced only when both are voiced. Unvoiced = 0 Hz.
+step) read exactly as Praat's own `Get value at time` (linear): the nearest Praat frame
+decides voicing, its voiced neighbour (if any) is interpolated. Unvoiced = 0 Hz.
 """
 from __future__ import annotations
 
@@ -50,18 +51,28 @@ def frame_centers(num_frames: int, hop_s: float = 0.01, stack: int = 2,
 
 
 def on_grid(times: np.ndarray, f0: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Praat track read at `centers`: interpolated when both neighbours are voiced, else 0."""
+    """Praat's track read at `centers` exactly as Praat's `Get value at time` (linear).
+
+    The nearest Praat frame decides voicing; if the other neighbour is voiced too, the
+    value is interpolated between them, else the nearest frame's value is used. Outside
+    the analysed range (more than half a step beyond the first/last frame): unvoiced (0).
+    """
     if times.size == 0:
         return np.zeros(centers.size)
     step = times[1] - times[0] if times.size > 1 else 1.0
     pos = (centers - times[0]) / step
-    i0 = np.clip(np.floor(pos).astype(int), 0, times.size - 1)
-    i1 = np.clip(i0 + 1, 0, times.size - 1)
-    w = np.clip(pos - np.floor(pos), 0.0, 1.0)
-    # Beyond the first/last Praat frame (half a window at each end) nothing was analysed.
-    inside = (pos >= -0.5) & (pos <= times.size - 0.5)
-    voiced = (f0[i0] > 0) & (f0[i1] > 0) & inside
-    return np.where(voiced, (1 - w) * f0[i0] + w * f0[i1], 0.0)
+    left = np.floor(pos).astype(int)
+    phase = pos - left
+    near = np.where(phase < 0.5, left, left + 1)
+    far = np.where(phase < 0.5, left + 1, left)
+    weight = np.where(phase < 0.5, phase, 1.0 - phase)  # towards the far frame
+    f_near = f0[np.clip(near, 0, times.size - 1)]
+    f_far = f0[np.clip(far, 0, times.size - 1)]
+    voiced = (pos >= -0.5) & (pos <= times.size - 0.5) & (near >= 0) & (near < times.size) \
+        & (f_near > 0)
+    far_ok = (far >= 0) & (far < times.size) & (f_far > 0)
+    value = np.where(far_ok, f_near + weight * (f_far - f_near), f_near)
+    return np.where(voiced, value, 0.0)
 
 
 def reference_f0(audio: np.ndarray, num_frames: int, hop_s: float = 0.01, stack: int = 2,

@@ -172,8 +172,8 @@ def extract(upstream: Upstream, keys: Sequence[str], audios: Sequence[np.ndarray
         raise EvalError(f"{desc}: no utterances to extract features from")
     lengths = [int(a.shape[0]) for a in audios]
     out: list[torch.Tensor | None] = [None] * len(audios)
-    for batch in tqdm(_batches(lengths, int(batch_seconds * 16000)), desc=f"{desc} [{upstream.name}]",
-                      unit="batch", leave=False):
+    batches = _batches(lengths, int(batch_seconds * 16000))
+    for batch in tqdm(batches, desc=f"{desc} [{upstream.name}]", unit="batch", leave=False):
         S = max(lengths[i] for i in batch)
         wav = torch.zeros(len(batch), S)
         for row, i in enumerate(batch):
