@@ -18,7 +18,8 @@ from wavlm_ds.launch import ROOT
 pytestmark = pytest.mark.slow
 
 SR = 16000
-WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
+WORDS = {"red": "ɹˈɛd", "blue": "blˈuː", "green": "ɡɹˈiːn", "cat": "kˈæt", "dog": "dˈɑːɡ",
+         "sun": "sˈʌn", "moon": "mˈuːn", "tree": "tɹˈiː"}  # espeak-ng IPA
 TINY = ["--epochs", "2", "--hidden", "8", "--batch-size", "4", "--resamples", "50"]
 
 
@@ -43,7 +44,9 @@ def write_split(out: Path, name: str, n: int, seed: int, transcripts: bool = Tru
             key = f"{name}{i:04d}"
             meta = {"speaker": f"{name}-spk{i % 2}", "language": "en"}
             if transcripts:
-                meta["transcript"] = " ".join(rng.choice(WORDS, size=rng.integers(1, 4)))
+                words = rng.choice(list(WORDS), size=rng.integers(1, 4))
+                meta["transcript"] = " ".join(words)
+                meta["phonemes"] = " ".join(WORDS[w] for w in words)
             for member, data in ((f"{key}.flac", encode_flac(audio_fn(rng, rng.uniform(0.6, 1.2)))),
                                  (f"{key}.json", json.dumps(meta).encode())):
                 info = tarfile.TarInfo(member)
@@ -89,8 +92,9 @@ def finite_numbers(obj) -> list[float]:
 @pytest.mark.parametrize("upstream", ["export", "logmel"])
 def test_asr_and_f0_probes_give_finite_results(upstream, corpus, export, tmp_path) -> None:
     up = export if upstream == "export" else "logmel"
+    units = "chars" if upstream == "export" else "phonemes"  # both unit kinds, once each
     common = ["--upstream", up, "--train", corpus / "train", "--test", corpus / "test", *TINY]
-    asr = run_tool("eval_asr.py", *common, "--out", tmp_path / "asr.json")
+    asr = run_tool("eval_asr.py", *common, "--units", units, "--out", tmp_path / "asr.json")
     assert asr.returncode == 0, asr.stderr
     f0 = run_tool("eval_f0.py", *common, "--out", tmp_path / "f0.json")
     assert f0.returncode == 0, f0.stderr
@@ -98,6 +102,7 @@ def test_asr_and_f0_probes_give_finite_results(upstream, corpus, export, tmp_pat
     for result in (a, f):
         assert all(math.isfinite(x) for x in finite_numbers(result))
     assert a["test"]["utterances"] == 6 and a["metrics"]["wer"]["value"] >= 0
+    assert a["units"] == units and ("ˈ" not in "".join(a["vocab"]))
     cer = a["metrics"]["cer"]
     assert cer["ci_lo"] <= cer["value"] <= cer["ci_hi"]
     assert f["metrics"]["f0_rmse_hz"]["value"] > 0 and 0 <= f["metrics"]["vuv_error"]["value"] <= 1

@@ -7,8 +7,8 @@ import pytest
 
 from wavlm_ds.eval import EvalError
 from wavlm_ds.eval.asr import Tokenizer, greedy_decode
-from wavlm_ds.eval.metrics import (bootstrap_ratio, char_errors, normalize_text,
-                                   paired_difference, word_errors)
+from wavlm_ds.eval.metrics import (bootstrap_ratio, char_errors, normalize_phonemes,
+                                   normalize_text, paired_difference, word_errors)
 
 REFS = ["the cat sat on the mat", "hello world", "a b c d", "speech is fun"]
 HYPS = ["the cat sat on mat", "hello there world", "a x c d e", "speech is fun"]
@@ -44,6 +44,12 @@ def test_empty_hypothesis_and_reference_edge_cases() -> None:
 def test_normalize_text() -> None:
     assert normalize_text("Hello, World!  It's  FINE.") == "hello world it's fine"
     assert normalize_text("  ") == ""
+
+
+def test_normalize_phonemes_drops_stress_keeps_length_marks() -> None:
+    assert normalize_phonemes("həlˈoʊ, wˈɜːld.") == "həloʊ wɜːld"
+    tok = Tokenizer.from_texts([normalize_phonemes("wˈɜːld")])
+    assert tok.decode(tok.encode("wɜːld")) == "wɜːld"
 
 
 def test_tokenizer_roundtrip_and_greedy_ctc() -> None:
