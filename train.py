@@ -148,7 +148,8 @@ def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, st
         run_dir: Path, accum: int, max_steps: int, rank: int, world: int, device) -> int:
     stop = StopFlag()
     eval_loader = EvalLoader(cfg.data.valid_shards, engine.train_micro_batch_size_per_gpu(),
-                             rank, world, cfg.training.eval_batches) if cfg.data.valid_shards else None
+                             rank, world, cfg.training.eval_batches, cfg.data) \
+        if cfg.data.valid_shards else None
     writer = MetricsWriter(run_dir, engine.monitor, rank == 0, max_steps, state["step"],
                            cfg.logging.progress_bar)
     peak = device_peak_tflops(device)

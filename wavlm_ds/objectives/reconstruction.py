@@ -42,9 +42,7 @@ class MaskedReconstruction(Objective):
                 extras: dict[str, torch.Tensor] | None = None) -> ObjectiveOutput:
         pred = self.predict(enc_out, targets.shape[1])
         err = frame_error(pred, targets, self.loss)  # (B, T_in)
-        maskf = mask.to(err.dtype)
-        return ObjectiveOutput(loss_sum=(err * maskf).sum(),
-                               stats={"masked_frames": maskf.sum()})
+        return ObjectiveOutput(loss_sum=(err * mask.to(err.dtype)).sum())
 
 
 def interpolation_prediction(targets: torch.Tensor, mask: torch.Tensor,

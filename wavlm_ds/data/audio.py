@@ -1,0 +1,54 @@
+"""Audio decoding and encoding with soundfile (libsndfile): never pickle, never webdataset's
+decoders. Everything returns float32; failures raise AudioError naming the source."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import soundfile as sf
+import torch
+
+TARGET_RATE = 16000
+
+
+class AudioError(ValueError):
+    """A sample that cannot be used; the message names the source and the problem."""
+
+
+def decode_audio(data: bytes, source: str) -> tuple[np.ndarray, int]:
+    """Encoded bytes (FLAC/WAV/OGG/MP3...) -> (samples float32 (N, C), sample_rate)."""
+    if not data:
+        raise AudioError(f"{source}: empty file")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for corrupt input
+        raise AudioError(f"{source}: cannot decode ({type(err).__name__}: {err})") from None
+    return samples, int(rate)
+
+
+def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(N, C) or (N,) float32 -> (N',) float32 mono at 16 kHz (mean downmix, torchaudio resample)."""
+    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if sample_rate != TARGET_RATE:
+        import torchaudio
+        mono = torchaudio.functional.resample(torch.from_numpy(mono), sample_rate,
+                                              TARGET_RATE).numpy()
+    return mono
+
+
+def check_waveform(wav: np.ndarray, source: str) -> None:
+    """AudioError for zero-length, non-finite or all-zero (digital silence) audio."""
+    if wav.size == 0:
+        raise AudioError(f"{source}: zero-length audio")
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{source}: NaN or inf samples")
+    if not np.any(wav):
+        raise AudioError(f"{source}: all-zero audio (digital silence)")
+
+
+def encode_flac(wav: np.ndarray, sample_rate: int = TARGET_RATE) -> bytes:
+    """float32 (N,) in [-1, 1] -> 16-bit FLAC bytes."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()

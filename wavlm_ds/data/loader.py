@@ -1,0 +1,236 @@
+"""TrainLoader / EvalLoader: slots, shuffling, bucketing, workers and the resumable state.
+
+See wavlm_ds/data/pipeline.py for the batch dict, the determinism rules and the resume
+mechanism. Modes: finite epochs (data.resampled: false; shards assigned without
+replacement, exactly K batches per slot) and resampled (infinite: every worker draws shards
+with replacement; several sources mixed per sample by weight; an "epoch" is a nominal
+number of batches used only to reseed).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+from collections import Counter
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from wavlm_ds.config import ConfigError, DataConfig
+from wavlm_ds.data.pipeline import (Sample, Slot, _seed, collate, decode_crop, read_tar,
+                                    to_sample)
+from wavlm_ds.data.spec import Shard, expand_spec
+
+log = logging.getLogger(__name__)
+RESAMPLED_EPOCH_DEFAULT = 1000  # nominal batches per worker and epoch when counts are unknown
+
+
+def assign_slots(shards: list[Shard], slots: int, batch_size: int, seed: int,
+                 epoch: int) -> list[Slot]:
+    """Balanced, deterministic shard -> slot assignment for one epoch (largest first)."""
+    order = list(shards)
+    random.Random(_seed(seed, epoch, "shards")).shuffle(order)
+    lists: list[list[Shard]] = [[] for _ in range(slots)]
+    loads = [0] * slots
+    for shard in sorted(order, key=lambda s: -s.num_samples):  # stable: ties keep the shuffle
+        target = loads.index(min(loads))
+        lists[target].append(shard)
+        loads[target] += shard.num_samples
+    for i, lst in enumerate(lists):
+        random.Random(_seed(seed, epoch, "slot", i)).shuffle(lst)
+    per_slot = min(loads) // batch_size
+    return [Slot(lst, per_slot) for lst in lists]
+
+
+def shuffle_buffer(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    buf = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def bucket_batches(items: Iterator[Sample], batch_size: int, window: int,
+                   rng: random.Random) -> Iterator[list[Sample]]:
+    """Sort `window` batches' worth of samples by duration, cut, shuffle the batch order."""
+    pool: list[Sample] = []
+    for item in items:
+        pool.append(item)
+        if len(pool) == batch_size * window:
+            yield from _cut(pool, batch_size, rng)
+            pool = []
+    if pool:
+        yield from _cut(pool, batch_size, rng)
+
+
+def _cut(pool: list[Sample], batch_size: int, rng: random.Random) -> list[list[Sample]]:
+    pool.sort(key=lambda s: (s.duration_s, s.key))
+    batches = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class _SlotStream(IterableDataset):
+    """Runs inside each DataLoader worker: the batches of one (rank, role) slot."""
+
+    def __init__(self, loader: "TrainLoader", epoch: int, consumed: int) -> None:
+        self.loader, self.epoch, self.consumed = loader, epoch, consumed
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, W = (info.id, info.num_workers) if info else (0, 1)
+        role = (worker + self.consumed) % W  # DataLoader restarts at worker 0: rotate roles
+        skip = max(0, (self.consumed - role + W - 1) // W)
+        L = self.loader
+        slot = L.slot(self.epoch, role)
+        stats: Counter = Counter()
+        rng = random.Random(_seed(L.seed, self.epoch, L.rank, role, "order"))
+        samples = L.samples(slot, rng, stats, self.epoch, role)
+        batches = bucket_batches(shuffle_buffer(samples, L.cfg.shuffle_buffer, rng),
+                                 L.batch_size, L.cfg.bucket_batches, rng)
+        for i in range(slot.num_batches):
+            meta = next(batches, [])
+            if i < skip:
+                continue  # replay: metadata only, no decoding
+            meta = meta + [None] * (L.batch_size - len(meta))  # a short slot fills invalid rows
+            stats["filled_invalid"] += sum(m is None for m in meta)
+            wavs = [decode_crop(m, L.cfg, L.seed, self.epoch, stats) if m else None for m in meta]
+            batch = collate(wavs, [m.key if m else "" for m in meta], self.epoch)
+            batch["stats"], stats = dict(stats), Counter()
+            yield batch
+
+
+def _worker_init(worker_id: int) -> None:
+    # The trainer decides when to stop; the launcher signals the whole process tree.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+class TrainLoader:
+    """Per-rank training stream; see the module docstring. State: (epoch, batches consumed)."""
+
+    def __init__(self, cfg: DataConfig, batch_size: int, rank: int, world_size: int,
+                 seed: int) -> None:
+        self.cfg, self.batch_size, self.rank, self.world = cfg, batch_size, rank, world_size
+        self.seed, self.W = seed, max(cfg.num_workers, 1)
+        self.sources = [expand_spec(s.shards, cfg.allow_pipe, f"data.sources[{s.name}].shards")
+                        for s in cfg.sources]
+        self.weights = [s.weight for s in cfg.sources]
+        self._validate()
+        self.epoch, self.consumed = 0, 0
+        self.totals: Counter = Counter()
+
+    def _validate(self) -> None:
+        if not self.sources:
+            raise ConfigError("data.sources is empty: add at least one {name, shards} entry")
+        if self.cfg.resampled:
+            return
+        if len(set(self.weights)) > 1:
+            raise ConfigError(f"data.sources: unequal weights {self.weights} need "
+                              "data.resampled: true (finite epochs read every shard once)")
+        shards = [s for src in self.sources for s in src]
+        unknown = [s.url for s in shards if s.num_samples is None]
+        if unknown:
+            raise ConfigError(f"data.sources: no sample count for {unknown[0]} (no index.json); "
+                              "pack with tools/make_shards.py or set data.resampled: true")
+        slots = self.world * self.W
+        if len(shards) < slots:
+            raise ConfigError(f"data.sources: {len(shards)} shards for {self.world} ranks x "
+                              f"{self.W} workers = {slots} readers; every reader needs a shard: "
+                              "use more (smaller) shards, fewer data.num_workers, or "
+                              "data.resampled: true")
+        if self.slot(0, 0).num_batches == 0:
+            raise ConfigError(f"data.sources: too few samples for batch size {self.batch_size} "
+                              f"on {slots} readers")
+
+    def slot(self, epoch: int, role: int) -> Slot:
+        if self.cfg.resampled:
+            total = sum(s.num_samples or 0 for src in self.sources for s in src)
+            per = math.ceil(total / (self.world * self.W * self.batch_size)) if total else 0
+            return Slot([], per or RESAMPLED_EPOCH_DEFAULT)
+        shards = [s for src in self.sources for s in src]
+        return assign_slots(shards, self.world * self.W, self.batch_size, self.seed,
+                            epoch)[self.rank * self.W + role]
+
+    def samples(self, slot: Slot, rng: random.Random, stats: Counter, epoch: int,
+                role: int) -> Iterator[Sample]:
+        if not self.cfg.resampled:
+            for shard in slot.shards:
+                yield from self._read(shard, stats)
+            return
+        src_rng = random.Random(_seed(self.seed, epoch, self.rank, role, "sources"))
+        streams = [self._resampled(src, src_rng, stats) for src in self.sources]
+        while True:
+            i = rng.choices(range(len(streams)), weights=self.weights)[0]
+            yield next(streams[i])
+
+    def _resampled(self, shards: list[Shard], rng: random.Random,
+                   stats: Counter) -> Iterator[Sample]:
+        while True:
+            yield from self._read(rng.choice(shards), stats)
+
+    def _read(self, shard: Shard, stats: Counter) -> Iterator[Sample]:
+        for raw in read_tar(shard.url, self.cfg.max_member_bytes, stats):
+            sample = to_sample(raw, shard.url, self.cfg, stats)
+            if sample is not None:
+                yield sample
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.W * self.slot(self.epoch, 0).num_batches
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.consumed = int(state["epoch"]), int(state["batches_consumed"])
+
+    def stats(self) -> dict:
+        return dict(self.totals)
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            stream = _SlotStream(self, self.epoch, self.consumed)
+            workers = self.cfg.num_workers
+            dl = DataLoader(stream, batch_size=None, num_workers=workers,
+                            worker_init_fn=_worker_init if workers else None,
+                            prefetch_factor=2 if workers else None,
+                            multiprocessing_context="fork" if workers else None)
+            for batch in dl:
+                self.consumed += 1
+                self.totals.update(batch.pop("stats"))
+                yield batch
+            self.epoch, self.consumed = self.epoch + 1, 0
+
+
+class EvalLoader:
+    """Deterministic held-out batches: shards split by rank, no shuffle, no mixing, the first
+    max_duration_s of each utterance; the same batch count on every rank."""
+
+    def __init__(self, spec: str, batch_size: int, rank: int, world_size: int,
+                 max_batches: int, cfg: DataConfig | None = None) -> None:
+        self.cfg = cfg or DataConfig()
+        shards = expand_spec(spec, self.cfg.allow_pipe, "data.valid_shards")
+        self.mine = shards[rank::world_size]
+        counts = [sum(s.num_samples or 0 for s in shards[r::world_size]) for r in range(world_size)]
+        per_rank = min(counts) // batch_size if all(s.num_samples for s in shards) else max_batches
+        self.num_batches = min(max_batches, per_rank)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[dict]:
+        stats: Counter = Counter()
+        cfg = self.cfg
+        samples = (smp for sh in self.mine for raw in read_tar(sh.url, cfg.max_member_bytes, stats)
+                   if (smp := to_sample(raw, sh.url, cfg, stats)) is not None)
+        for _ in range(self.num_batches):
+            meta = [next(samples, None) for _ in range(self.batch_size)]
+            wavs = [decode_crop(m, cfg, 0, 0, stats, random_crop=False) if m else None for m in meta]
+            yield collate(wavs, [m.key if m else "" for m in meta], 0)
