@@ -107,12 +107,19 @@ class WavLMEncoder(nn.Module):
         dtype = self.frontend.proj_in.weight.dtype
         x = self.frontend(features.to(dtype), frame_valid, mask)  # (B, T_enc, D)
         lengths = encoder_lengths(frame_lengths, self.cfg.frame_stack)
+        return self.encode_sequence(x, lengths, output_hidden_states,
+                                    self.layerdrop_decisions(layerdrop_generator))
+
+    def encode_sequence(self, x: torch.Tensor, lengths: torch.Tensor,
+                        output_hidden_states: bool = False,
+                        dropped: list[bool] | None = None) -> EncoderOutput:
+        """The transformer part on projected frames x (B, T_enc, D) with valid `lengths`."""
         padding = torch.arange(x.shape[1], device=x.device) >= lengths[:, None]  # (B, T_enc)
         x = x.masked_fill(padding[..., None], 0.0)
         x = self.dropout(self.pos_norm(x + self.pos_conv(x)))
         rel_bias = self.rel_pos(x.shape[1])  # (H, 2T - 1), shared by all blocks
         return self.run_blocks(x, rel_bias, padding, lengths, output_hidden_states,
-                               self.layerdrop_decisions(layerdrop_generator))
+                               dropped or [False] * self.cfg.num_layers)
 
     def layerdrop_decisions(self, generator: torch.Generator | None) -> list[bool]:
         if not (self.training and self.cfg.layerdrop > 0):
