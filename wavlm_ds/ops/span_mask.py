@@ -10,7 +10,8 @@ uniform random offset. Rotation makes every position equally likely, whatever th
 distribution; spans may wrap from the end of the row to its start.
 
 No Python loop over rows, no host sync, no numpy, static shapes: it compiles with
-torch.compile(fullgraph=True, dynamic=True) under the default dynamo config. A row of
+torch.compile(fullgraph=True, dynamic=True) under the default dynamo config (the
+generator draws happen just outside, in `span_mask`: dynamo cannot trace a Generator). A row of
 length 0 gets no mask; a span longer than a row gives one circular span of
 round(ratio * length) frames.
 """
@@ -36,26 +37,42 @@ def _check(lengths: torch.Tensor, T: int, ratio: float, span: int) -> None:
 
 def span_mask(lengths: torch.Tensor, T: int, ratio: float = 0.8, span: int = 10,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """lengths (B,) -> (B, T) bool with exactly round(ratio * length) True per row."""
+    """lengths (B,) -> (B, T) bool with exactly round(ratio * length) True per row.
+
+    The generator draws two uniform tensors on the device; `place_spans` turns them into
+    the mask and is pure tensor code (the part that compiles with fullgraph=True).
+    """
     _check(lengths, T, ratio, span)
-    device, B = lengths.device, lengths.shape[0]
     max_spans = max(1, -(-round(ratio * T) // span))
+    B, device = lengths.shape[0], lengths.device
+    u_gaps = torch.rand(B, max_spans, device=device, generator=generator, dtype=torch.float64)
+    u_offset = torch.rand(B, device=device, generator=generator, dtype=torch.float64)
+    return place_spans(lengths, T, ratio, span, u_gaps, u_offset)
+
+
+def place_spans(lengths: torch.Tensor, T: int, ratio: float, span: int, u_gaps: torch.Tensor,
+                u_offset: torch.Tensor) -> torch.Tensor:
+    """Deterministic core: uniforms u_gaps (B, K) and u_offset (B,) -> mask (B, T).
+
+    K must be at least ceil(round(ratio * T) / span), the most spans a row can need.
+    """
+    device, B, K = lengths.device, u_gaps.shape[0], u_gaps.shape[1]
     L = lengths.long()
     n = torch.round(L.double() * ratio).long()  # masked frames per row, (B,)
     k = torch.div(n + span - 1, span, rounding_mode="floor")  # spans per row, (B,)
-    j = torch.arange(max_spans, device=device)  # (K,)
+    j = torch.arange(K, device=device)  # (K,)
     span_len = torch.where(j[None, :] < k[:, None] - 1, span, n[:, None] - (k[:, None] - 1) * span)
     span_len = torch.where(j[None, :] < k[:, None], span_len, 0)  # (B, K)
-    # Gaps: cumulative proportions of random weights, floored, so they sum to L - n exactly.
-    u = torch.rand(B, max_spans, device=device, generator=generator, dtype=torch.float64) + 1e-3
-    u = torch.where(j[None, :] < k[:, None], u, 0.0)
-    frac = u.cumsum(1) / u.sum(1, keepdim=True).clamp(min=1e-12)
-    cut = torch.floor(frac * (L - n)[:, None].double()).long()
+    # Gaps: integer random weights; cut points = floor(cumulative share x unmasked count),
+    # in exact integer arithmetic so eager and compiled code agree bit for bit, and the
+    # gaps sum to L - n exactly.
+    w = torch.where(j[None, :] < k[:, None], (u_gaps * 1024).long() + 1, 0)  # (B, K)
+    cum = w.cumsum(1)
+    cut = cum * (L - n)[:, None] // cum[:, -1:].clamp(min=1)
     cut = torch.where(j[None, :] >= k[:, None] - 1, (L - n)[:, None], cut)
     gaps = torch.diff(cut, dim=1, prepend=torch.zeros(B, 1, dtype=torch.long, device=device))
     starts = gaps.cumsum(1) + span_len.cumsum(1) - span_len  # (B, K), nondecreasing
-    offset = (torch.rand(B, device=device, generator=generator, dtype=torch.float64)
-              * L.double()).long()  # rotation in [0, L)
+    offset = (u_offset * L.double()).long()  # rotation in [0, L)
     t = torch.arange(T, device=device)
     unrot = torch.remainder(t[None, :] - offset[:, None], L.clamp(min=1)[:, None])  # (B, T)
     idx = torch.searchsorted(starts, unrot, right=True) - 1  # span starting at or before

@@ -1,0 +1,101 @@
+"""log-Mel: torchaudio parity in both modes, per-row end handling, normalization, silence,
+fast path vs reference, bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchaudio
+
+from wavlm_ds.ops.logmel import log_mel, num_frames
+
+HTK_TOL = 2e-4  # max abs difference of log values (fp32, FFT vs FFT)
+KALDI_TOL = 5e-4
+
+
+def speechlike(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / 16000
+    f0 = 120 + 30 * torch.sin(2 * math.pi * 1.5 * t)
+    phase = 2 * math.pi * torch.cumsum(f0, 0) / 16000
+    x = sum(torch.sin(k * phase) / k for k in range(1, 15)) * (0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t))
+    return (0.2 * x + 0.01 * torch.randn(n, generator=g)).float()
+
+
+def batch(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    S = max(lengths)
+    audio = torch.zeros(len(lengths), S)
+    for i, n in enumerate(lengths):
+        audio[i, :n] = speechlike(n, i)
+    return audio, torch.tensor(lengths)
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+def test_htk_matches_torchaudio_row_by_row(impl):
+    audio, lengths = batch([32000, 20001, 12345, 400])
+    feats, frames = log_mel(audio, lengths, "htk", normalize=False, impl=impl)
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=80)
+    for b, n in enumerate(lengths.tolist()):
+        ref = torch.log(mel(audio[b, :n]).clamp(min=1e-10)).T
+        assert frames[b] == ref.shape[0] == 1 + n // 160
+        assert (feats[b, : frames[b]] - ref).abs().max() < HTK_TOL
+        assert not feats[b, frames[b]:].any()
+
+
+def test_kaldi_matches_fbank():
+    audio, lengths = batch([32000, 16123, 400])
+    feats, frames = log_mel(audio, lengths, "kaldi", normalize=False)
+    for b, n in enumerate(lengths.tolist()):
+        ref = torchaudio.compliance.kaldi.fbank(audio[b:b + 1, :n], num_mel_bins=80, dither=0.0)
+        assert frames[b] == ref.shape[0] == 1 + (n - 400) // 160
+        assert (feats[b, : frames[b]] - ref).abs().max() < KALDI_TOL
+
+
+def test_samples_past_length_do_not_matter():
+    audio, lengths = batch([16000, 9000])
+    noisy = audio.clone()
+    noisy[1, 9000:] = torch.randn(7000)
+    a, _ = log_mel(audio, lengths)
+    b, _ = log_mel(noisy, lengths)
+    assert torch.equal(a, b)
+
+
+def test_normalization_over_valid_frames_only():
+    audio, lengths = batch([24000, 11000])
+    feats, frames = log_mel(audio, lengths)
+    for b in range(2):
+        valid = feats[b, : frames[b]]
+        assert valid.mean(0).abs().max() < 1e-4
+        assert (valid.std(0, unbiased=False) - 1).abs().max() < 1e-3
+        assert not feats[b, frames[b]:].any()
+
+
+@pytest.mark.parametrize("mode", ["htk", "kaldi"])
+def test_digital_silence_is_finite(mode):
+    feats, _ = log_mel(torch.zeros(2, 8000), torch.tensor([8000, 4000]), mode)
+    assert torch.isfinite(feats).all()
+
+
+def test_frame_counts():
+    lengths = torch.tensor([400, 401, 559, 560, 16000])
+    assert num_frames(lengths, "htk").tolist() == [3, 3, 4, 4, 101]
+    assert num_frames(lengths, "kaldi").tolist() == [1, 1, 1, 2, 98]
+
+
+def test_bad_input():
+    audio = torch.randn(2, 1000)
+    with pytest.raises(ValueError, match="float32"):
+        log_mel((audio * 1000).short(), torch.tensor([1000, 1000]))
+    with pytest.raises(ValueError, match=r"\(B, S\)"):
+        log_mel(audio[0], torch.tensor([1000]))
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        log_mel(audio, torch.tensor([1000, 1001]))
+    with pytest.raises(ValueError, match=r"rows \[0\]"):
+        log_mel(audio, torch.tensor([0, 1000]))
+    bad = audio.clone()
+    bad[0, 5] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        log_mel(bad, torch.tensor([1000, 1000]))
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        log_mel(audio, torch.tensor([1000, 300]), mode="kaldi")  # shorter than one window
