@@ -1,0 +1,10 @@
+"""Test-session set-up shared by unit and integration tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# DeepSpeed's JIT ops are prebuilt here by `make ops`; never compile into ~/.cache.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
