@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from wavlm_ds.eval import cli
+from wavlm_ds.eval import EvalError, cli
 from wavlm_ds.eval.asr import FIELD, AsrResult, run_asr
 from wavlm_ds.eval.data import label_texts
 from wavlm_ds.eval.metrics import bootstrap_ratio
@@ -29,7 +29,11 @@ from wavlm_ds.eval.upstream import extract
 def export_live(src: Path, out: Path) -> Path:
     """A run dir / ZeRO checkpoint -> an export dir (tools/export.py's path)."""
     from export import export_model, resolve_checkpoint  # tools/export.py; pulls in DeepSpeed
-    return export_model(resolve_checkpoint(src), out)
+    try:
+        return export_model(resolve_checkpoint(src), out)
+    except SystemExit as err:  # export.py reports a bad checkpoint by exiting
+        raise EvalError(f"upstream {src}: no model.safetensors (not an export) and not a usable "
+                        f"checkpoint either: {err}") from None
 
 
 def asr_metrics(res: AsrResult, resamples: int, seed: int) -> dict:

@@ -180,3 +180,9 @@ def test_live_checkpoint_goes_through_the_exporter(tmp_path, export) -> None:
     run_dir.mkdir()
     up = load_upstream(str(run_dir), exporter)
     assert calls == [run_dir] and up.info["upstream"] == str(run_dir) and up.encoder is not None
+
+
+def test_directory_that_is_neither_export_nor_checkpoint(tmp_path, corpus) -> None:
+    res = run_tool("eval_asr.py", "--upstream", tmp_path, "--train", corpus / "train",
+                   "--test", corpus / "test", *TINY)
+    assert res.returncode == 2 and "not a usable checkpoint" in res.stderr, res.stderr
