@@ -1,0 +1,205 @@
+"""Pack audio into webdataset tar shards of 16 kHz mono FLAC + JSON metadata, with an index.
+
+usage: python tools/make_shards.py INPUT_DIR_OR_MANIFEST --out DIR [--prefix train]
+           [--max-duration-s 30] [--max-samples-per-shard 1000] [--max-shard-bytes 1e9]
+           [--workers 4] [--strict]
+       python tools/make_shards.py --verify DIR/index.json
+
+Input: a directory (searched recursively for .wav .flac .ogg .mp3) or a manifest (.tsv
+with a header, or .jsonl) with `path` and optional `transcript`, `speaker`, `language`.
+Any rate, channel count, int or float samples: downmixed and resampled to 16 kHz mono.
+Recordings longer than --max-duration-s are split at the quietest 20 ms frame of the last
+5 s before the limit. Unreadable inputs are skipped and listed with their reason in
+DIR/report.json (exit code 1 with --strict). Keys are derived from sanitized relative paths
+plus a hash, so nothing is ever written outside DIR whatever the input names are.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import re
+import sys
+import tarfile
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from wavlm_ds.data.audio import AudioError, check_waveform, decode_audio, encode_flac, to_mono_16k
+from wavlm_ds.data.index import ShardInfo, verify_shards, write_index
+
+SR = 16000
+AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3"}
+META_KEYS = ("transcript", "phonemes", "speaker", "language")
+
+
+def read_inputs(source: Path) -> list[dict]:
+    """Entries {path, rel, meta...} from a directory tree or a TSV/JSONL manifest."""
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTS)
+        return [{"path": str(p), "rel": str(p.relative_to(source))} for p in files]
+    if source.suffix == ".jsonl":
+        rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    elif source.suffix == ".tsv":
+        rows = list(csv.DictReader(source.read_text().splitlines(), delimiter="\t"))
+    else:
+        raise SystemExit(f"make_shards: {source} is neither a directory nor a .tsv/.jsonl manifest")
+    for i, row in enumerate(rows):
+        if "path" not in row:
+            raise SystemExit(f"make_shards: {source} line {i + 1} has no 'path' field")
+        path = Path(row["path"])
+        row["path"] = str(path if path.is_absolute() else source.parent / path)
+        row["rel"] = row["path"]
+    return rows
+
+
+def safe_key(rel: str, segment: int) -> str:
+    """A tar-safe key: letters, digits, '_' and '-' only (no '/', '.', '..'), plus a hash."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", rel)[-60:].strip("_") or "x"
+    digest = hashlib.sha1(rel.encode()).hexdigest()[:10]
+    return f"{stem}_{digest}_{segment:03d}"
+
+
+def split_points(wav: np.ndarray, max_len: int, search: int = 5 * SR, hop: int = 320) -> list[int]:
+    """Cut positions so that no piece exceeds max_len, each at the quietest frame available."""
+    cuts, start = [], 0
+    while len(wav) - start > max_len:
+        lo = start + max(max_len - search, hop)
+        window = wav[lo: start + max_len]
+        frames = window[: len(window) // hop * hop].reshape(-1, hop)
+        quietest = int(np.argmin((frames ** 2).mean(axis=1)))
+        cut = lo + quietest * hop + hop // 2
+        cuts.append(cut)
+        start = cut
+    return cuts
+
+
+def process(entry: dict, max_len: int) -> tuple[list[tuple[str, bytes, dict]], str | None]:
+    """One input file -> [(key, flac bytes, metadata)] or an error reason."""
+    try:
+        data = Path(entry["path"]).read_bytes()
+        samples, rate = decode_audio(data, entry["path"])
+        wav = to_mono_16k(samples, rate)
+        check_waveform(wav, entry["path"])
+    except (AudioError, OSError) as err:
+        return [], str(err)
+    bounds = [0, *split_points(wav, max_len), len(wav)]
+    out = []
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        key = safe_key(entry["rel"], i)
+        meta = {"key": key, "duration_s": (b - a) / SR, "sample_rate": SR, "num_samples": b - a,
+                "orig_sample_rate": rate, "orig_channels": int(samples.shape[1]),
+                "source": entry["rel"], "segment": [a / SR, b / SR]}
+        meta.update({k: entry[k] for k in META_KEYS if entry.get(k)})
+        meta.update(entry.get("extra", {}))
+        out.append((key, encode_flac(wav[a:b]), meta))
+    return out, None
+
+
+class ShardWriter:
+    """Rolls over to a new tar when a count or byte limit would be exceeded."""
+
+    def __init__(self, out: Path, prefix: str, max_samples: int, max_bytes: int) -> None:
+        self.out, self.prefix, self.max_samples, self.max_bytes = out, prefix, max_samples, max_bytes
+        self.infos: list[ShardInfo] = []
+        self.tar = None
+
+    def add(self, key: str, flac: bytes, meta: dict) -> None:
+        size = len(flac) + 2048
+        if self.tar is None or self.count >= self.max_samples or \
+                (self.count and self.bytes + size > self.max_bytes):
+            self._roll()
+        payload = json.dumps(meta, ensure_ascii=False).encode()
+        for name, data in ((f"{key}.flac", flac), (f"{key}.json", payload)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644  # deterministic shards
+            self.tar.addfile(info, io.BytesIO(data))
+        self.count, self.bytes, self.seconds = self.count + 1, self.bytes + size, \
+            self.seconds + meta["duration_s"]
+
+    def _roll(self) -> None:
+        self.close()
+        self.path = self.out / f"{self.prefix}-{len(self.infos):06d}.tar"
+        self.tar = tarfile.open(self.path, "w", format=tarfile.USTAR_FORMAT)
+        self.count, self.bytes, self.seconds = 0, 0, 0.0
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+            self.infos.append(ShardInfo.from_file(self.path, self.count, self.seconds / 3600))
+            self.tar = None
+
+
+def make_shards(entries: list[dict], out: Path, prefix: str = "train", max_duration_s: float = 30.0,
+                max_samples: int = 1000, max_bytes: int = 10**9, workers: int = 1) -> dict:
+    """Pack `entries` into shards under `out`; returns the report (also written to JSON)."""
+    out.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(out, prefix, max_samples, max_bytes)
+    skipped, samples = [], 0
+    args = [(e, int(max_duration_s * SR)) for e in entries]
+    with Pool(workers) if workers > 1 else _Serial() as pool:
+        results = pool.imap(_process_star, args, chunksize=4)  # keeps input order
+        for entry, (pieces, error) in zip(entries, tqdm(results, total=len(entries),
+                                                       desc="make_shards", unit="file")):
+            if error:
+                skipped.append({"path": entry["rel"], "reason": error})
+            for piece in pieces:
+                writer.add(*piece)
+                samples += 1
+    writer.close()
+    index = write_index(out, writer.infos)
+    report = {"inputs": len(entries), "samples": samples, "skipped": skipped,
+              "shards": len(writer.infos), "hours": sum(i.hours for i in writer.infos),
+              "index": str(index)}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _process_star(args: tuple) -> tuple:
+    return process(*args)
+
+
+class _Serial:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap(self, fn, items, chunksize=1):
+        return map(fn, items)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("input", type=Path, nargs="?")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--prefix", default="train")
+    p.add_argument("--max-duration-s", type=float, default=30.0)
+    p.add_argument("--max-samples-per-shard", type=int, default=1000)
+    p.add_argument("--max-shard-bytes", type=float, default=1e9)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--strict", action="store_true", help="exit 1 if any input was skipped")
+    p.add_argument("--verify", type=Path, help="re-read shards against this index.json")
+    args = p.parse_args(argv)
+    if args.verify:
+        problems = verify_shards(args.verify)
+        print("\n".join(problems) or f"{args.verify}: all shards complete")
+        return 1 if problems else 0
+    if args.input is None or args.out is None:
+        p.error("INPUT and --out are required (or use --verify)")
+    report = make_shards(read_inputs(args.input), args.out, args.prefix, args.max_duration_s,
+                         args.max_samples_per_shard, int(args.max_shard_bytes), args.workers)
+    print(f"{report['samples']} samples, {report['hours']:.3f} h in {report['shards']} shards; "
+          f"{len(report['skipped'])} inputs skipped (see {args.out / 'report.json'})")
+    for item in report["skipped"]:
+        print(f"  skipped {item['path']}: {item['reason']}")
+    return 1 if args.strict and report["skipped"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
