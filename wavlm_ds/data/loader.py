@@ -103,6 +103,8 @@ class _SlotStream(IterableDataset):
             stats["filled_invalid"] += sum(m is None for m in meta)
             wavs = [decode_crop(m, L.cfg, L.seed, self.epoch, stats) if m else None for m in meta]
             batch = collate(wavs, [m.key if m else "" for m in meta], self.epoch)
+            stats["padded_samples"] += batch["audio"].numel()
+            stats["audio_samples"] += int(batch["lengths"][batch["valid"]].sum())
             batch["stats"], stats = dict(stats), Counter()
             yield batch
 
@@ -194,7 +196,11 @@ class TrainLoader:
         self.epoch, self.consumed = int(state["epoch"]), int(state["batches_consumed"])
 
     def stats(self) -> dict:
-        return dict(self.totals)
+        """Counters (skips by reason/shard/key, fills) and the padding fraction so far."""
+        out = dict(self.totals)
+        if self.totals["padded_samples"]:
+            out["padding_fraction"] = 1 - self.totals["audio_samples"] / self.totals["padded_samples"]
+        return out
 
     def __iter__(self) -> Iterator[dict]:
         while True:

@@ -1,0 +1,162 @@
+"""The training stream: exactly-once resume, equal batch counts, bad samples, security."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.integration.conftest import speech_like, write_shards
+from wavlm_ds.config import ConfigError, DataConfig, SourceConfig
+from wavlm_ds.data import EvalLoader, TrainLoader
+from wavlm_ds.data.audio import encode_flac
+from wavlm_ds.data.index import ShardInfo, write_index
+
+
+def data_cfg(index: Path, **kw) -> DataConfig:
+    base = dict(sources=(SourceConfig("s", str(index)),), num_workers=2, shuffle_buffer=8,
+                bucket_batches=2, max_duration_s=2.0, min_duration_s=0.3)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def keys_of(loader: TrainLoader, n: int) -> list[str]:
+    it = iter(loader)
+    return [k for _ in range(n) for k in next(it)["keys"]]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("c"), "t", num_shards=12, per_shard=10, seed=3,
+                        seconds=(0.5, 2.5))
+
+
+def test_exactly_once_resume_at_odd_count(corpus):
+    cfg = data_cfg(corpus)
+    for rank in (0, 1):
+        full = TrainLoader(cfg, 3, rank, 2, seed=5)
+        per_epoch = full.batches_per_epoch
+        reference = keys_of(full, per_epoch)
+        stop = 5  # odd: inside a shard (10 samples) and inside the shuffle buffer (8)
+        first = TrainLoader(cfg, 3, rank, 2, seed=5)
+        head = keys_of(first, stop)
+        state = first.state_dict()
+        assert state == {"epoch": 0, "batches_consumed": stop}
+        resumed = TrainLoader(cfg, 3, rank, 2, seed=5)
+        resumed.load_state_dict(state)
+        tail = keys_of(resumed, per_epoch - stop)
+        assert head + tail == reference
+        assert len(set(k for k in reference if k)) == len([k for k in reference if k])
+
+
+def test_ranks_cover_the_epoch_once(corpus):
+    cfg = data_cfg(corpus)
+    loaders = [TrainLoader(cfg, 3, r, 2, seed=5) for r in (0, 1)]
+    assert loaders[0].batches_per_epoch == loaders[1].batches_per_epoch
+    seen = [k for L in loaders for k in keys_of(L, L.batches_per_epoch) if k]
+    assert len(seen) == len(set(seen))
+    assert len(seen) >= 0.8 * 120  # drops only to equalize slots (declared in stats)
+
+
+def test_uneven_shards_same_batch_count(tmp_path):
+    index = write_shards(tmp_path / "a", "u", num_shards=5, per_shard=4, seed=4)
+    data = json.loads(index.read_text())
+    data["shards"][0]["num_samples"] = 4  # keep index honest; make one shard much bigger
+    extra = write_shards(tmp_path / "b", "v", num_shards=1, per_shard=30, seed=5)
+    big = json.loads(extra.read_text())["shards"][0]
+    (tmp_path / "a" / big["name"]).write_bytes((tmp_path / "b" / big["name"]).read_bytes())
+    data["shards"].append(big)
+    index.write_text(json.dumps(data))
+    cfg = data_cfg(index, num_workers=1)
+    counts = {r: TrainLoader(cfg, 2, r, 3, seed=1).batches_per_epoch for r in range(3)}
+    assert len(set(counts.values())) == 1 and counts[0] > 0
+    for r in range(3):
+        loader = TrainLoader(cfg, 2, r, 3, seed=1)
+        assert sum(1 for _ in zip(range(counts[r]), iter(loader))) == counts[r]
+    with pytest.raises(ConfigError, match="6 shards for 4 ranks x 2 workers"):
+        TrainLoader(data_cfg(index), 2, 0, 4, seed=1)
+    resampled = data_cfg(index, resampled=True)
+    counts = {TrainLoader(resampled, 2, r, 8, seed=1).batches_per_epoch for r in range(8)}
+    assert len(counts) == 1
+
+
+def write_raw_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path('/tmp/wavlm_ds_pipeline_pwned')}",))
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path):
+    rng = np.random.default_rng(0)
+    good = encode_flac(speech_like(rng, 1.0))
+    meta = lambda k: json.dumps({"key": k, "duration_s": 1.0}).encode()  # noqa: E731
+    stereo = io.BytesIO()
+    import soundfile as sf
+    sf.write(stereo, np.stack([speech_like(rng, 1.0)] * 2, 1), 8000, format="WAV")
+    members = [("ok1.flac", good), ("ok1.json", meta("ok1")),
+               ("corrupt.flac", good[:50] + bytes(500)), ("corrupt.json", meta("corrupt")),
+               ("nojson.flac", good),
+               ("silent.flac", encode_flac(np.zeros(16000, np.float32))), ("silent.json", meta("silent")),
+               ("stereo8k.wav", stereo.getvalue()), ("stereo8k.json", meta("stereo8k")),
+               ("evil.pyd", pickle.dumps(Evil())), ("evil.json", meta("evil")),
+               ("huge.flac", bytes(300_000)), ("huge.json", meta("huge"))]
+    shard = tmp_path / "bad-000000.tar"
+    write_raw_tar(shard, members)
+    write_index(tmp_path, [ShardInfo.from_file(shard, 7, 0.001)])
+    cfg = data_cfg(tmp_path / "index.json", num_workers=0, max_member_bytes=100_000,
+                   shuffle_buffer=1)
+    loader = TrainLoader(cfg, 7, 0, 1, seed=0)
+    batch = next(iter(loader))
+    valid = dict(zip(batch["keys"], batch["valid"].tolist()))
+    assert valid["ok1"] and valid["stereo8k"]
+    assert not valid["corrupt"] and not valid["silent"]
+    stats = loader.stats()
+    assert stats["missing_member"] == 2  # nojson, evil (no audio member)
+    assert any(k.startswith("member_too_large") for k in stats)
+    assert sum(v for k, v in stats.items() if k.startswith("bad_audio")) == 2
+    assert not Path("/tmp/wavlm_ds_pipeline_pwned").exists()
+    lengths = dict(zip(batch["keys"], batch["lengths"].tolist()))
+    assert lengths["stereo8k"] == 32000  # 16000 frames written at 8 kHz = 2 s -> 32000 at 16 kHz
+
+
+def test_truncated_shard_is_counted(tmp_path):
+    index = write_shards(tmp_path, "tr", num_shards=1, per_shard=6, seed=2)
+    shard = tmp_path / "tr-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    cfg = data_cfg(index, num_workers=0)
+    loader = TrainLoader(cfg, 2, 0, 1, seed=0)
+    it = iter(loader)
+    batches = [next(it) for _ in range(loader.batches_per_epoch)]
+    assert any(k.startswith("truncated_shard") for k in loader.stats())
+    assert sum(int(b["valid"].sum()) for b in batches) < 6
+
+
+def test_pipe_urls_need_opt_in(corpus):
+    cfg = DataConfig(sources=(SourceConfig("p", "pipe:cat /dev/null"),))
+    with pytest.raises(ConfigError, match="data.allow_pipe"):
+        TrainLoader(cfg, 2, 0, 1, seed=0)
+    with pytest.raises(ConfigError, match="matches nothing"):
+        TrainLoader(DataConfig(sources=(SourceConfig("x", "/nope/a-{0..3}.tar"),)), 2, 0, 1, 0)
+
+
+def test_padding_fraction_is_low_with_bucketing(corpus):
+    loader = TrainLoader(data_cfg(corpus, bucket_batches=8, shuffle_buffer=32), 3, 0, 1, seed=5)
+    keys_of(loader, loader.batches_per_epoch)
+    assert loader.stats()["padding_fraction"] < 0.15
+
+
+def test_eval_loader_same_count_on_every_rank(corpus):
+    counts = [sum(1 for _ in EvalLoader(str(corpus), 4, r, 3, 100, data_cfg(corpus))) for r in range(3)]
+    assert len(set(counts)) == 1 and counts[0] > 0
