@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from wavlm_ds import engine as E
-from wavlm_ds.checkpoint import CheckpointManager, resolve_resume
+from wavlm_ds.checkpoint import CheckpointManager, is_universal, load_universal, resolve_resume
 from wavlm_ds.config import RunConfig, check_batch_arithmetic, load_config, to_dict, ConfigError
 from wavlm_ds.data import EvalLoader, TrainLoader
 from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu
@@ -126,6 +126,9 @@ def main(argv: list[str]) -> int:
     loader = TrainLoader(cfg.data, batch_size=micro, rank=rank, world_size=world,
                          seed=cfg.training.seed)  # validates shards vs ranks x workers
     ckpt_root, resume_tag = resolve_resume(args.resume, run_dir / "checkpoints")
+    universal = resume_tag is not None and is_universal(ckpt_root / resume_tag)
+    if universal:
+        ds["checkpoint"] = {"load_universal": True}
 
     E.init_distributed(cfg.training.process_group_timeout_s)
     torch.manual_seed(E.seed_for(cfg.training.seed, E.DROPOUT, rank))
@@ -135,10 +138,14 @@ def main(argv: list[str]) -> int:
         (run_dir / "ds_config.json").write_text(json.dumps(ds, indent=2))
     engine = E.build_engine(cfg, ds, rank)
     device = engine.device
-    ckpt = CheckpointManager(ckpt_root, rank, world, cfg.training.keep_last_checkpoints)
+    ckpt = CheckpointManager(run_dir / "checkpoints", rank, world,
+                             cfg.training.keep_last_checkpoints)
     state = {"step": 0, "consecutive_skips": 0, "skipped_total": 0}
-    if resume_tag is not None:
-        state = ckpt.load(engine, resume_tag)
+    if universal:
+        state = load_universal(engine, ckpt_root / resume_tag)
+        loader.load_state_dict(state["data"])
+    elif resume_tag is not None:
+        state = CheckpointManager(ckpt_root, rank, world, 1).load(engine, resume_tag)
         torch.set_rng_state(state["rng_cpu"])
         loader.load_state_dict(state["data"])
     return run(engine, cfg, loader, ckpt, state, run_dir, accum, max_steps, rank, world, device)

@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from wavlm_ds.checkpoint import (CheckpointManager, MANIFEST, forced_safe_loads, safe_load,
-                                 verify_checkpoint)
+from wavlm_ds.checkpoint import (MANIFEST, UNIVERSAL_STATE, CheckpointManager, forced_safe_loads,
+                                 safe_load, verify_checkpoint)
 from wavlm_ds.config import RunConfig, from_dict
 from wavlm_ds.pretrained import save_export
 
@@ -47,9 +47,13 @@ def export_universal(ckpt_dir: Path, out: Path) -> Path:
     from deepspeed.checkpoint import ds_to_universal
     args = argparse.Namespace(input_folder=str(ckpt_dir), output_folder=str(out), num_extract_workers=1,
                               num_merge_workers=1, keep_temp_folder=False, strict=True,
-                              inject_missing_state=False)
+                              inject_missing_state=True)
     with forced_safe_loads():
         ds_to_universal.main(args)
+    state = safe_load(ckpt_dir / "trainer_state_rank00000.pt")
+    (out / UNIVERSAL_STATE).write_text(json.dumps({  # written last: the conversion's commit
+        "step": state["step"], "epoch": state["data"]["epoch"],
+        "skipped_total": state["skipped_total"], "source": str(ckpt_dir)}))
     return out
 
 

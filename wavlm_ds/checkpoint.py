@@ -250,6 +250,34 @@ class CheckpointManager:
         return safe_load(ckpt_dir / trainer_state_name(self.rank))
 
 
+UNIVERSAL_STATE = "trainer_state.json"  # written last by `tools/export.py universal`
+
+
+def is_universal(path: Path) -> bool:
+    return (path / "zero").is_dir()
+
+
+def load_universal(engine: Any, path: Path) -> dict:
+    """Resume from a universal checkpoint on any world size.
+
+    Data-position policy: per-rank positions do not map onto a new rank/worker split, so
+    the interrupted epoch restarts from its beginning with the new split (samples already
+    seen in that epoch are seen again: at most one epoch); step count, lr schedule and
+    optimizer state continue exactly.
+    """
+    marker = path / UNIVERSAL_STATE
+    if not marker.is_file():
+        raise CheckpointError(f"{path}: no {UNIVERSAL_STATE}; the conversion did not finish, "
+                              "run `python tools/export.py universal` again")
+    info = json.loads(marker.read_text())
+    loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                       load_optimizer_states=True, load_lr_scheduler_states=True)
+    if loaded is None:
+        raise CheckpointError(f"DeepSpeed could not load the universal checkpoint {path}")
+    return {"step": info["step"], "consecutive_skips": 0, "skipped_total": info["skipped_total"],
+            "data": {"epoch": info["epoch"], "batches_consumed": 0}}
+
+
 def resolve_resume(mode: str, root: Path) -> tuple[Path, str | None]:
     """Map --resume {auto,never,PATH} to (checkpoint root, tag or None). Never silent."""
     if mode == "never":
@@ -263,7 +291,7 @@ def resolve_resume(mode: str, root: Path) -> tuple[Path, str | None]:
     if not path.exists():
         raise CheckpointError(f"--resume {mode}: no such checkpoint; use --resume auto to "
                               "start fresh when none exists")
-    if TAG_RE.match(path.name):
+    if TAG_RE.match(path.name) or is_universal(path):
         return path.parent, path.name
     tag = CheckpointManager(path, 0, 1, 1).find_latest_valid()
     if tag is None:

@@ -3,6 +3,7 @@ accumulation 4 + WarmupCosineLR. One reference run is shared by several assertio
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -137,3 +138,34 @@ def test_export_matches_engine_module(reference, tmp_path):
     for name, param in encoder.state_dict().items():
         # fp32 master weights vs the engine's bf16 copy: equal after rounding to bf16
         assert torch.equal(param.bfloat16().float(), bf16[name]), name
+
+
+def test_universal_checkpoint_two_ranks_to_one(reference, tiny_corpus, tmp_path):
+    """2-rank ZeRO-2 checkpoint -> ds_to_universal -> resume on 1 rank (accumulation 8)."""
+    src = tmp_path / "two"
+    assert launch(src, tiny_corpus, COMMON + ["training.max_steps=3"], ds_config()) == 0
+    uni = tmp_path / "universal" / "step00000003"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "export.py"), "universal",
+                    str(src / "checkpoints" / "step00000003"), "--out", str(uni)],
+                   check=True, cwd=ROOT, env=launcher_env(), capture_output=True)
+    hostfile = tmp_path / "one_slot"
+    hostfile.write_text("localhost slots=1\n")
+    one = tmp_path / "one"
+    ds = ds_config(gradient_accumulation_steps=8)
+    ds_path = one / "ds.json"
+    one.mkdir()
+    ds_path.write_text(json.dumps(ds))
+    cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, one,
+                        [f"data.sources=[{{name: tiny, shards: {tiny_corpus['train']}}}]",
+                         "logging.progress_bar=false", "training.max_steps=5", *COMMON],
+                        resume=str(uni), hostfile=hostfile)
+    log = one / "launch.log"
+    with open(log, "w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                              env=launcher_env()).returncode
+    assert code == 0, log.read_text()[-3000:]
+    rows = metrics(one)
+    assert [r["step"] for r in rows] == [4, 5]
+    ref = {r["step"]: r["lr"] for r in metrics(reference)}
+    assert [r["lr"] for r in rows] == pytest.approx([ref[4], ref[5]], rel=1e-9)
+    assert all(math.isfinite(r["loss"]) for r in rows)
