@@ -1,0 +1,155 @@
+"""Time each op of wavlm_ds.ops against what users would otherwise run, in one run.
+
+usage: python tools/bench_ops.py [--only logmel,mask,attention] [--repeats 7] [--threads 1]
+                                 [--json runs/bench_ops.json]
+
+Medians over --repeats after warm-up, variants interleaved so machine noise hits all alike.
+Peak memory (attention) is measured in one subprocess per variant: ru_maxrss after the op
+minus ru_maxrss after building the inputs, in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import fairseq_compute_mask_indices  # noqa: E402
+
+from wavlm_ds.ops.attention import attention_reference  # noqa: E402
+from wavlm_ds.ops.blocked_attention import blocked_attention  # noqa: E402
+from wavlm_ds.ops.logmel import log_mel  # noqa: E402
+from wavlm_ds.ops.span_mask import span_mask  # noqa: E402
+
+
+def timeit(fns: dict[str, Callable], repeats: int, warmup: int = 3) -> dict[str, float]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_logmel(repeats: int) -> dict:
+    import torchaudio
+    audio = torch.randn(8, 16 * 16000) * 0.1
+    lengths = torch.full((8,), 16 * 16000)
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=80)
+    window = torch.hann_window(400)
+    fb = torchaudio.functional.melscale_fbanks(201, 0.0, 8000.0, 80, 16000, norm=None,
+                                               mel_scale="htk")
+    fns = {"wavlm_ds log_mel (htk, normalized)": lambda: log_mel(audio, lengths),
+           "torchaudio MelSpectrogram + log": lambda: torch.log(mel(audio).clamp(min=1e-10)),
+           "torchaudio kaldi.fbank (per row)": lambda: [torchaudio.compliance.kaldi.fbank(
+               audio[i:i + 1], num_mel_bins=80, dither=0.0) for i in range(8)],
+           "floor: bare torch.stft + mel matmul": lambda: torch.stft(
+               audio, 400, 160, window=window, return_complex=True).abs().pow(2).transpose(1, 2) @ fb}
+    return {"shape": "8 x 16 s", "median_s": timeit(fns, repeats)}
+
+
+def bench_mask(repeats: int) -> dict:
+    lengths = torch.randint(600, 801, (64,), generator=torch.Generator().manual_seed(0))
+    padding = (np.arange(800)[None] >= lengths.numpy()[:, None])
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(0)
+    # fairseq masks ~1-(1-p/L)^L with overlaps; p = 1.6 gives ~80% at L = 10
+    p = 1.6
+    effective = fairseq_compute_mask_indices((64, 800), padding, p, 10, 2, rng).sum() / lengths.sum().item()
+    compiled = torch.compile(span_mask, dynamic=True)
+    fns = {"wavlm_ds span_mask (eager)": lambda: span_mask(lengths, 800, 0.8, 10, gen),
+           "wavlm_ds span_mask (compiled)": lambda: compiled(lengths, 800, 0.8, 10, gen),
+           "fairseq compute_mask_indices (numpy)": lambda: fairseq_compute_mask_indices(
+               (64, 800), padding, p, 10, 2, rng)}
+    return {"shape": "64 x 800", "fairseq_mask_prob": p,
+            "fairseq_effective_ratio": float(effective), "median_s": timeit(fns, repeats)}
+
+
+ATTN = {"reference": attention_reference, "blocked": blocked_attention}
+
+
+def attention_child(variant: str) -> None:
+    """Runs in a subprocess: time and peak RSS of one fwd+bwd at B=4, H=16, T=800, Dh=64."""
+    g = torch.Generator().manual_seed(0)
+    B, H, T, D = 4, 16, 800, 64
+    tensors = [torch.randn(B, H, T, D, generator=g).requires_grad_() for _ in range(3)]
+    tensors += [torch.rand(B, H, T, generator=g).requires_grad_(),
+                torch.randn(H, 2 * T - 1, generator=g).requires_grad_()]
+    pad = torch.arange(T)[None] >= torch.tensor([800, 700, 650, 800])[:, None]
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        ATTN[variant](*tensors, pad).sum().backward()
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    print(json.dumps({"median_s": statistics.median(times), "peak_extra_mb": peak / 1024}))
+
+
+def bench_attention(threads: int) -> dict:
+    out = {}
+    for variant in ATTN:
+        proc = subprocess.run([sys.executable, __file__, "--attention-child", variant,
+                               "--threads", str(threads)], capture_output=True, text=True, check=True)
+        out[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"shape": "B=4 H=16 T=800 Dh=64, fwd+bwd", "variants": out}
+
+
+def print_table(name: str, medians: dict[str, float], baseline: str) -> None:
+    print(f"\n{name}\n| variant | median s | x faster than baseline |\n|---|---|---|")
+    for k, v in medians.items():
+        print(f"| {k} | {v:.5f} | {medians[baseline] / v:.2f} |")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", default="logmel,mask,attention")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--attention-child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.attention_child:
+        attention_child(args.attention_child)
+        return 0
+    print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    result = {"threads": args.threads}
+    only = args.only.split(",")
+    if "logmel" in only:
+        result["logmel"] = r = bench_logmel(args.repeats)
+        print_table(f"log-Mel, {r['shape']}", r["median_s"], "torchaudio MelSpectrogram + log")
+    if "mask" in only:
+        result["mask"] = r = bench_mask(args.repeats)
+        print_table(f"span mask, {r['shape']} (fairseq mask_prob {r['fairseq_mask_prob']} -> "
+                    f"{r['fairseq_effective_ratio']:.3f} masked)", r["median_s"],
+                    "fairseq compute_mask_indices (numpy)")
+    if "attention" in only:
+        result["attention"] = r = bench_attention(args.threads)
+        v = r["variants"]
+        print(f"\nattention, {r['shape']}\n| variant | median s | peak extra MB |\n|---|---|---|")
+        for k, x in v.items():
+            print(f"| {k} | {x['median_s']:.3f} | {x['peak_extra_mb']:.0f} |")
+        print(f"time ratio blocked/reference = {v['blocked']['median_s'] / v['reference']['median_s']:.2f}, "
+              f"memory ratio = {v['blocked']['peak_extra_mb'] / max(v['reference']['peak_extra_mb'], 1e-9):.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
