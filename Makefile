@@ -52,8 +52,17 @@ test-fast: setup
 demo: setup ops
 	$(PY) tools/demo.py --run-dir $(DEMO_DIR)
 
-bench: setup ops
-	$(PY) tools/bench_ops.py --json runs/bench_ops.json
+BENCH_CORPUS := runs/bench/corpus
+
+$(BENCH_CORPUS)/train/index.json: | setup
+	$(PY) tools/synth_corpus.py --out $(BENCH_CORPUS) --utterances 200 --noise 24
+
+# Every benchmark of BENCHMARKS.md; each writes JSON beside its printed table.
+bench: setup ops $(BENCH_CORPUS)/train/index.json
+	$(PY) tools/bench_ops.py --json runs/bench/ops.json
+	$(PY) tools/bench_data.py --speech $(BENCH_CORPUS)/train/index.json \
+	    --noise $(BENCH_CORPUS)/noise/index.json --json runs/bench/data.json
+	$(PY) tools/bench_overhead.py --json runs/bench/overhead.json
 
 clean:
 	rm -rf runs

@@ -206,7 +206,10 @@ class TrainLoader:
         while True:
             stream = _SlotStream(self, self.epoch, self.consumed)
             workers = self.cfg.num_workers
+            # Own generator: DataLoader draws a base seed when iterated, and drawing it from
+            # the global RNG would shift the trainer's dropout stream (breaking exact resume).
             dl = DataLoader(stream, batch_size=None, num_workers=workers,
+                            generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)),
                             worker_init_fn=_worker_init if workers else None,
                             prefetch_factor=2 if workers else None,
                             multiprocessing_context="fork" if workers else None)
