@@ -7,6 +7,7 @@ CPU accelerator with gloo.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +23,21 @@ def launcher_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """A free TCP port on loopback for the rendezvous (runs on one machine never collide)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def train_command(config: str | Path, ds_config: str | Path, run_dir: str | Path,
                   overrides: list[str] = (), resume: str = "auto",
                   hostfile: str | Path = ROOT / "hostfiles" / "localhost",
                   launcher_args: list[str] = ()) -> list[str]:
     deepspeed = Path(sys.executable).with_name("deepspeed")
     cmd = [str(deepspeed), "--hostfile", str(hostfile), "--no_ssh_check",
-           "--master_addr", "127.0.0.1", *launcher_args, str(ROOT / "train.py"),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *launcher_args,
+           str(ROOT / "train.py"),
            "--config", str(config), "--deepspeed_config", str(ds_config),
            "--run-dir", str(run_dir), "--resume", resume]
     for item in overrides:
