@@ -160,12 +160,18 @@ def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, st
     writer = MetricsWriter(run_dir, engine.monitor, rank == 0, max_steps, state["step"],
                            cfg.logging.progress_bar)
     peak = device_peak_tflops(device)
+    noise = E.noise_loader(cfg, engine.train_micro_batch_size_per_gpu(), rank, world)
+    if noise is not None and "noise_data" in state:
+        noise.load_state_dict(state["noise_data"])
+    noise_iter = iter(noise) if noise is not None else None
     data_iter = iter(loader)
     objective = engine.module.objective
     exit_code = 0
     for step in range(state["step"] + 1, max_steps + 1):
         t0 = time.perf_counter()
-        micros = [E.prepare_micro(next(data_iter), cfg, device, step, i, rank) for i in range(accum)]
+        micros = [E.prepare_micro(next(data_iter), cfg, device, step, i, rank,
+                                  noise=next(noise_iter) if noise_iter else None)
+                  for i in range(accum)]
         count = E.global_sum([sum(objective.count(mb.mask) for mb in micros)], device)[0].item()
         lr = engine.get_lr()[0]
         loss_sum, stats = train_step(engine, cfg, micros, accum * world / max(count, 1.0), step, rank)
@@ -202,6 +208,8 @@ def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, st
             writer.write(step, evaluate(engine, cfg, eval_loader, rank, device), prefix="valid")
         stopping = totals[1].item() > 0
         if stopping or step % cfg.training.save_every_steps == 0 or step == max_steps:
+            if noise is not None:
+                state["noise_data"] = noise.state_dict()
             save(engine, ckpt, cfg, state, loader, step)
         if stopping:
             log.warning("stop signal: checkpoint saved at step %d, exiting", step)

@@ -72,6 +72,7 @@ def main(argv: list[str]) -> int:
     synthesize(corpus, args.utterances)
     overrides = [f"data.sources=[{{name: synth, shards: {corpus / 'train' / 'index.json'}}}]",
                  f"data.valid_shards={corpus / 'validation' / 'index.json'}",
+                 f"data.noise_shards={corpus / 'noise' / 'index.json'}",
                  f"training.max_steps={args.steps}"]
     cmd = train_command(ROOT / "configs" / "demo.yaml", ROOT / "ds_configs" / "cpu_smoke.json",
                         run_dir, overrides)

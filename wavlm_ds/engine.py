@@ -10,6 +10,7 @@ start and saved/restored per rank in checkpoints. So a resumed run replays exact
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -21,15 +22,15 @@ import torch
 import torch.distributed as dist
 
 from wavlm_ds.checkpoint import SafeCheckpointEngine
-from wavlm_ds.config import RunConfig
-from wavlm_ds.data import mix_utterances
+from wavlm_ds.config import RunConfig, SourceConfig
+from wavlm_ds.data import TrainLoader, mix_utterances
 from wavlm_ds.model import WavLMEncoder
 from wavlm_ds.objectives import PretrainModel, build_objective
 from wavlm_ds.ops.logmel import log_mel
 from wavlm_ds.ops.span_mask import fairseq_span_mask, span_mask
 
 # Stream names keep generators of different purposes independent for the same step.
-MASK, MIX, LAYERDROP, EVAL_MASK, DROPOUT, OBJECTIVE = 1, 2, 3, 4, 5, 6
+MASK, MIX, LAYERDROP, EVAL_MASK, DROPOUT, OBJECTIVE, NOISE = 1, 2, 3, 4, 5, 6, 7
 NAN_ENV = "WAVLM_DS_INJECT_NAN"  # "<step>@<rank>[,<step>@<rank>...]": fault injection (tests)
 
 
@@ -108,8 +109,9 @@ def draw_mask(cfg: RunConfig, frame_lengths: torch.Tensor, T: int,
 
 
 def prepare_micro(batch: dict, cfg: RunConfig, device: torch.device, step: int, micro: int,
-                  rank: int, train: bool = True) -> MicroBatch:
-    """Audio batch -> features, clean targets and mask, computed on the device."""
+                  rank: int, train: bool = True, noise: dict | None = None) -> MicroBatch:
+    """Audio batch (+ optional noise batch for mixing) -> features, clean targets and mask,
+    computed on the device."""
     audio = batch["audio"].to(device, non_blocking=True)  # (B, S) fp32
     lengths = batch["lengths"].to(device, non_blocking=True)  # (B,)
     valid = batch["valid"].to(device, non_blocking=True)  # (B,) bool
@@ -117,8 +119,11 @@ def prepare_micro(batch: dict, cfg: RunConfig, device: torch.device, step: int, 
     targets, frame_lengths = log_mel(audio, lengths, mode=mode)  # (B, T_in, 80)
     features = targets
     if train and cfg.data.mix_prob > 0:
+        noise_pair = None if noise is None else (noise["audio"].to(device),
+                                                 noise["lengths"].to(device))
         mixed = mix_utterances(audio, lengths, make_generator(device, cfg.training.seed, step,
-                                                              micro, rank, MIX), cfg.data)
+                                                              micro, rank, MIX), cfg.data,
+                               noise=noise_pair)
         features, _ = log_mel(mixed, lengths, mode=mode)
     stream = (MASK, step, micro, rank) if train else (EVAL_MASK, step, micro, rank)
     mask = draw_mask(cfg, frame_lengths, targets.shape[1],
@@ -126,6 +131,15 @@ def prepare_micro(batch: dict, cfg: RunConfig, device: torch.device, step: int, 
     mask = mask & valid[:, None]
     seconds = float(batch["lengths"][batch["valid"]].sum()) / 16000.0  # host tensors: no sync
     return MicroBatch(features, targets, frame_lengths, mask, seconds, int(audio.shape[0]))
+
+
+def noise_loader(cfg: RunConfig, batch_size: int, rank: int, world: int) -> TrainLoader | None:
+    """An infinite stream of noise crops for mixing (data.noise_shards), or None."""
+    if not cfg.data.noise_shards or cfg.data.mix_prob == 0:
+        return None
+    noise_cfg = dataclasses.replace(cfg.data, sources=(SourceConfig("noise", cfg.data.noise_shards),),
+                                    resampled=True, num_workers=0, min_duration_s=0.1, mix_prob=0.0)
+    return TrainLoader(noise_cfg, batch_size, rank, world, seed_for(cfg.training.seed, NOISE))
 
 
 def global_sum(values: list[torch.Tensor | float], device: torch.device | str = "cpu"

@@ -31,7 +31,7 @@ def speech_like(rng: np.random.Generator, seconds: float) -> np.ndarray:
 
 
 def write_shards(out: Path, prefix: str, num_shards: int, per_shard: int, seed: int,
-                 seconds: tuple[float, float] = (1.0, 3.0)) -> Path:
+                 seconds: tuple[float, float] = (1.0, 3.0), noise: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     infos = []
@@ -41,7 +41,9 @@ def write_shards(out: Path, prefix: str, num_shards: int, per_shard: int, seed: 
         with tarfile.open(path, "w") as tar:
             for i in range(per_shard):
                 key = f"{prefix}{s:03d}x{i:03d}"
-                wav = speech_like(rng, rng.uniform(*seconds))
+                n = rng.uniform(*seconds)
+                wav = (0.1 * rng.standard_normal(int(n * SR))).astype(np.float32) if noise \
+                    else speech_like(rng, n)
                 total += len(wav) / SR
                 meta = {"key": key, "duration_s": len(wav) / SR, "sample_rate": SR,
                         "num_samples": len(wav)}
@@ -58,7 +60,9 @@ def write_shards(out: Path, prefix: str, num_shards: int, per_shard: int, seed: 
 def tiny_corpus(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("corpus")
     return {"train": write_shards(root / "train", "train", num_shards=8, per_shard=12, seed=1),
-            "valid": write_shards(root / "valid", "valid", num_shards=2, per_shard=8, seed=2)}
+            "valid": write_shards(root / "valid", "valid", num_shards=2, per_shard=8, seed=2),
+            "noise": write_shards(root / "noise", "noise", num_shards=2, per_shard=4, seed=3,
+                                  noise=True)}
 
 
 def launch(run_dir: Path, corpus: dict[str, Path], overrides: list[str], ds_config: dict,
@@ -68,7 +72,8 @@ def launch(run_dir: Path, corpus: dict[str, Path], overrides: list[str], ds_conf
     ds_path = run_dir / f"ds_{len(list(run_dir.glob('ds_*.json')))}.json"
     ds_path.write_text(json.dumps(ds_config))
     base = [f"data.sources=[{{name: tiny, shards: {corpus['train']}}}]",
-            f"data.valid_shards={corpus['valid']}", "logging.progress_bar=false"]
+            f"data.valid_shards={corpus['valid']}", f"data.noise_shards={corpus['noise']}",
+            "logging.progress_bar=false"]
     cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, run_dir, base + overrides, resume)
     log = run_dir / f"launch_{ds_path.stem}.log"
     return run_training(cmd, log, env=env, timeout_s=900)
