@@ -64,5 +64,11 @@ bench: setup ops $(BENCH_CORPUS)/train/index.json
 	    --noise $(BENCH_CORPUS)/noise/index.json --json runs/bench/data.json
 	$(PY) tools/bench_overhead.py --json runs/bench/overhead.json
 
+# Downstream probes (ASR WER/CER, F0-RMSE) of the demo export vs the log-Mel baseline.
+eval: setup
+	@test -f $(DEMO_DIR)/export/model.safetensors || $(MAKE) demo
+	$(PY) tools/eval_report.py --upstream $(DEMO_DIR)/export --corpus $(DEMO_DIR)/corpus \
+	    --out-dir $(DEMO_DIR)/eval
+
 clean:
 	rm -rf runs

@@ -46,7 +46,7 @@ def one_batch_gradient(cfg, corpus) -> dict[str, torch.Tensor]:
 def test_accumulated_two_rank_gradient_equals_one_batch(tiny_corpus, tmp_path):
     ds = ds_config(stage=0, gradient_clipping=0.0)
     ds["bf16"] = {"enabled": False}
-    ds.pop("data_types")
+    ds.pop("data_types", None)
     ds.pop("scheduler")
     ds["optimizer"]["params"].update(betas=[0.0, 0.98], weight_decay=0.0)
     assert launch(tmp_path, tiny_corpus, NO_NOISE, ds) == 0
