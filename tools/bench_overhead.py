@@ -1,7 +1,7 @@
 """DeepSpeed engine overhead: time per optimizer step vs a bare PyTorch loop, same model/data.
 
-usage: python tools/bench_overhead.py [--preset base] [--seconds 2] [--micro 2] [--accum 4]
-                                      [--steps 6] [--warmup 2] [--threads 2] [--json out.json]
+usage: python tools/bench_overhead.py [--preset base] [--seconds 1] [--micro 1] [--accum 4]
+                                      [--steps 3] [--warmup 1] [--threads 2] [--json out.json]
 
 Both sides run one process on the CPU with the same precision scheme: bf16 parameters,
 fp32 gradient accumulation, fp32 master weights, AdamW. The engine side is DeepSpeed
@@ -93,11 +93,11 @@ def time_bare(cfg, inputs: list[tuple], steps: int, warmup: int, accum: int) -> 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="base")
-    p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--micro", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--micro", type=int, default=1)
     p.add_argument("--accum", type=int, default=4)
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
