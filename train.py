@@ -97,7 +97,7 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
     with torch.no_grad():
         for i, batch in enumerate(loader):
             mb = E.prepare_micro(batch, cfg, device, step=0, micro=i, rank=rank, train=False)
-            loss_sum, _ = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask)
+            loss_sum, _ = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask, None, mb.extras)
             sums[0] += loss_sum.double()
             sums[3] += objective.count(mb.mask).double()
             if with_baselines:
@@ -231,7 +231,7 @@ def train_step(engine, cfg: RunConfig, micros: list, scale: float, step: int,
     for i, mb in enumerate(micros):
         layerdrop = E.make_generator("cpu", cfg.training.seed, E.LAYERDROP, step, i)
         micro_loss, micro_stats = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask,
-                                         layerdrop)
+                                         layerdrop, mb.extras)
         if E.injected_nan(step, rank):
             micro_loss = micro_loss * float("nan")
         engine.backward(micro_loss * scale)

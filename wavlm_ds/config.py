@@ -99,6 +99,10 @@ class DataConfig:
     mix_snr_db: tuple[float, float] = (-5.0, 5.0)
     noise_snr_db: tuple[float, float] = (-5.0, 20.0)
     mix_max_fraction: float = 0.5
+    # Frame-rate labels joined by key (e.g. k-means targets): the member name inside the
+    # shards, and optionally a directory of sidecar shards with the same file names.
+    label_member: str = ""
+    label_sidecar_dir: str = ""
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
@@ -135,8 +139,7 @@ class ObjectiveConfig:
     codebook_size: int = 8192  # best_rq
     codebook_dim: int = 16  # best_rq
     num_codebooks: int = 1  # best_rq: softmax heads
-    num_classes: int = 500  # kmeans
-    label_member: str = "labels.npy"  # kmeans: member joined by key
+    num_classes: int = 500  # kmeans (labels come from data.label_member)
 
 
 @dataclass(frozen=True)

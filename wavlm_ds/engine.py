@@ -96,6 +96,7 @@ class MicroBatch:
     mask: torch.Tensor
     audio_seconds: float
     num_rows: int
+    extras: dict[str, torch.Tensor] | None = None  # e.g. "labels" (B, T_enc) for k-means
 
 
 def draw_mask(cfg: RunConfig, frame_lengths: torch.Tensor, T: int,
@@ -130,7 +131,9 @@ def prepare_micro(batch: dict, cfg: RunConfig, device: torch.device, step: int, 
                      make_generator(device, cfg.training.seed, *stream))
     mask = mask & valid[:, None]
     seconds = float(batch["lengths"][batch["valid"]].sum()) / 16000.0  # host tensors: no sync
-    return MicroBatch(features, targets, frame_lengths, mask, seconds, int(audio.shape[0]))
+    extras = {"labels": batch["labels"].to(device)} if "labels" in batch else None
+    return MicroBatch(features, targets, frame_lengths, mask, seconds, int(audio.shape[0]),
+                      extras)
 
 
 def noise_loader(cfg: RunConfig, batch_size: int, rank: int, world: int) -> TrainLoader | None:

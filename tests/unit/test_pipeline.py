@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.integration.conftest import speech_like, write_shards
 from wavlm_ds.config import ConfigError, DataConfig, SourceConfig
@@ -160,3 +161,47 @@ def test_padding_fraction_is_low_with_bucketing(corpus):
 def test_eval_loader_same_count_on_every_rank(corpus):
     counts = [sum(1 for _ in EvalLoader(str(corpus), 4, r, 3, 100, data_cfg(corpus))) for r in range(3)]
     assert len(set(counts)) == 1 and counts[0] > 0
+
+
+def test_sidecar_labels_join_by_key_and_stay_aligned_after_cropping(tmp_path):
+    """Labels = encoder-frame index (one per 20 ms); after a random crop, label t of the
+    batch must equal (crop start / 320) + t, and stay within the cropped audio."""
+    rng = np.random.default_rng(1)
+    audio_dir, side_dir = tmp_path / "audio", tmp_path / "labels"
+    audio_dir.mkdir(), side_dir.mkdir()
+    members, side, durations = [], [], {}
+    for i in range(6):
+        key, n = f"u{i}", int(rng.uniform(3.0, 5.0) * 16000)
+        t = np.arange(n) / 16000  # a chirp, so that crops differ
+        wav = (0.3 * np.sin(2 * np.pi * (200 + 50 * t) * t)).astype(np.float32)
+        members += [(f"{key}.flac", encode_flac(wav)),
+                    (f"{key}.json", json.dumps({"duration_s": n / 16000}).encode())]
+        buf = io.BytesIO()
+        np.save(buf, np.arange(-(-(1 + n // 160) // 2)))
+        side.append((f"{key}.labels.npy", buf.getvalue()))
+        durations[key] = n
+    if True:  # one sample with a wrong label count is skipped
+        buf = io.BytesIO()
+        np.save(buf, np.arange(5))
+        side[-1] = ("u5.labels.npy", buf.getvalue())
+    write_raw_tar(audio_dir / "a-000000.tar", members)
+    write_raw_tar(side_dir / "a-000000.tar", side)
+    write_index(audio_dir, [ShardInfo.from_file(audio_dir / "a-000000.tar", 6, 0.01)])
+    cfg = data_cfg(audio_dir / "index.json", num_workers=0, max_duration_s=2.0,
+                   label_member="labels.npy", label_sidecar_dir=str(side_dir), shuffle_buffer=1)
+    loader = TrainLoader(cfg, 6, 0, 1, seed=3)
+    batch = next(iter(loader))
+    labels = batch["labels"]
+    assert labels.shape == (6, -(-(1 + batch["audio"].shape[1] // 160) // 2))
+    valid = dict(zip(batch["keys"], batch["valid"].tolist()))
+    assert valid == {f"u{i}": i != 5 for i in range(6)}  # u5: wrong label count, skipped
+    for row, key in enumerate(batch["keys"]):
+        if not valid[key]:
+            assert (labels[row] == -1).all()
+            continue
+        got = labels[row][labels[row] >= 0]
+        start = int(got[0]) * 320
+        assert torch.equal(got, torch.arange(int(got[0]), int(got[0]) + len(got)))
+        assert len(got) == -(-(1 + int(batch["lengths"][row]) // 160) // 2)
+        assert start + int(batch["lengths"][row]) <= durations[key]
+    assert any(k.startswith("label_mismatch") for k in loader.stats())

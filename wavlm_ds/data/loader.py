@@ -19,8 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from wavlm_ds.config import ConfigError, DataConfig
-from wavlm_ds.data.pipeline import (Sample, Slot, _seed, collate, decode_crop, read_tar,
-                                    to_sample)
+from wavlm_ds.data.pipeline import Sample, Slot, _seed, collate, decode_crop, read_samples
 from wavlm_ds.data.spec import Shard, expand_spec
 
 log = logging.getLogger(__name__)
@@ -180,10 +179,7 @@ class TrainLoader:
             yield from self._read(rng.choice(shards), stats)
 
     def _read(self, shard: Shard, stats: Counter) -> Iterator[Sample]:
-        for raw in read_tar(shard.url, self.cfg.max_member_bytes, stats):
-            sample = to_sample(raw, shard.url, self.cfg, stats)
-            if sample is not None:
-                yield sample
+        return read_samples(shard.url, self.cfg, stats)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -237,8 +233,7 @@ class EvalLoader:
     def __iter__(self) -> Iterator[dict]:
         stats: Counter = Counter()
         cfg = self.cfg
-        samples = (smp for sh in self.mine for raw in read_tar(sh.url, cfg.max_member_bytes, stats)
-                   if (smp := to_sample(raw, sh.url, cfg, stats)) is not None)
+        samples = (smp for sh in self.mine for smp in read_samples(sh.url, cfg, stats))
         for _ in range(self.num_batches):
             meta = [next(samples, None) for _ in range(self.batch_size)]
             wavs = [decode_crop(m, cfg, 0, 0, stats, random_crop=False) if m else None for m in meta]

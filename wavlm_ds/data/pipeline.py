@@ -27,6 +27,7 @@ up to the resume point: at most one epoch of that slot's data.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import tarfile
@@ -58,6 +59,7 @@ class Sample:
     duration_s: float
     audio: bytes
     ext: str
+    labels: bytes | None = None  # .npy bytes of one label per 20 ms frame, if configured
 
 
 @dataclass
@@ -120,11 +122,31 @@ def to_sample(raw: dict, url: str, cfg: DataConfig, stats: Counter) -> Sample | 
     if duration < cfg.min_duration_s:
         stats["too_short"] += 1
         return None
-    return Sample(key, url, duration, raw[ext], ext)
+    labels = None
+    if cfg.label_member:
+        labels = raw.get(cfg.label_member)
+        if labels is None:
+            stats[f"missing_labels:{url}:{key}"] += 1
+            return None
+    return Sample(key, url, duration, raw[ext], ext, labels)
+
+
+def read_samples(url: str, cfg: DataConfig, stats: Counter) -> Iterator[Sample]:
+    """Samples of one shard, with members of its sidecar shard (same file name under
+    data.label_sidecar_dir) joined by key; metadata only, nothing decoded."""
+    sidecar: dict[str, dict] = {}
+    if cfg.label_sidecar_dir:
+        path = f"{cfg.label_sidecar_dir.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
+        sidecar = {raw["__key__"]: raw for raw in read_tar(path, cfg.max_member_bytes, stats)}
+    for raw in read_tar(url, cfg.max_member_bytes, stats):
+        extra = sidecar.get(raw["__key__"], {})
+        sample = to_sample({**extra, **raw}, url, cfg, stats)
+        if sample is not None:
+            yield sample
 
 
 def decode_crop(sample: Sample, cfg: DataConfig, seed: int, epoch: int, stats: Counter,
-                random_crop: bool = True) -> np.ndarray | None:
+                random_crop: bool = True) -> np.ndarray | tuple | None:
     """Decode, fix what is defined (resample, downmix), reject the rest, crop."""
     try:
         samples, rate = decode_audio(sample.audio, f"{sample.shard}:{sample.key}")
@@ -134,19 +156,60 @@ def decode_crop(sample: Sample, cfg: DataConfig, seed: int, epoch: int, stats: C
         stats[f"bad_audio:{sample.shard}:{sample.key}"] += 1
         log.warning("skipped: %s", err)
         return None
-    max_len = int(cfg.max_duration_s * SR)
+    max_len, start = int(cfg.max_duration_s * SR), 0
     if len(wav) > max_len:
         choices = (len(wav) - max_len) // CROP_ALIGN + 1
         start = (_seed(seed, epoch, sample.key) % choices) * CROP_ALIGN if random_crop else 0
         wav = wav[start:start + max_len]
+    if sample.labels is not None:
+        labels = crop_labels(sample, len(wav), start, stats)
+        return None if labels is None else (wav, labels)
     return wav
 
 
-def collate(wavs: list[np.ndarray | None], keys: list[str], epoch: int) -> dict:
+def crop_labels(sample: Sample, num_samples: int, start: int, stats: Counter) -> np.ndarray | None:
+    """The labels of the cropped audio: frames [start/320, ...), one per encoder frame.
+
+    Label files hold ceil((1 + n // 160) / 2) int labels for n samples (20 ms frames, as the
+    encoder sees them); up to 2 frames of disagreement are tolerated (padding with -1),
+    more is an error for that sample.
+    """
+    try:
+        labels = np.load(io.BytesIO(sample.labels), allow_pickle=False).astype(np.int64).ravel()
+    except (ValueError, OSError) as err:
+        stats[f"bad_labels:{sample.shard}:{sample.key}"] += 1
+        log.warning("%s:%s: unreadable labels (%s)", sample.shard, sample.key, err)
+        return None
+    full = round(sample.duration_s * SR)
+    expected = -(-(1 + full // 160) // 2)
+    if abs(len(labels) - expected) > 2:
+        stats[f"label_mismatch:{sample.shard}:{sample.key}"] += 1
+        log.warning("%s:%s: %d labels for %d expected frames; skipped", sample.shard,
+                    sample.key, len(labels), expected)
+        return None
+    first, count = start // CROP_ALIGN, -(-(1 + num_samples // 160) // 2)
+    out = np.full(count, -1, dtype=np.int64)
+    piece = labels[first:first + count]
+    out[: len(piece)] = piece
+    return out
+
+
+def collate(items: list, keys: list[str], epoch: int) -> dict:
+    """Pad into the batch dict; items are waveforms, (waveform, labels) pairs or None."""
+    with_labels = any(isinstance(x, tuple) for x in items)
+    wavs = [x[0] if isinstance(x, tuple) else x for x in items]
     lengths = [len(w) if w is not None else SR for w in wavs]
     audio = torch.zeros(len(wavs), max(lengths))
     for i, w in enumerate(wavs):  # host-side copy into the padded batch (worker process)
         if w is not None:
             audio[i, : len(w)] = torch.from_numpy(w)
-    return {"audio": audio, "lengths": torch.tensor(lengths, dtype=torch.long),
-            "valid": torch.tensor([w is not None for w in wavs]), "keys": keys, "epoch": epoch}
+    batch = {"audio": audio, "lengths": torch.tensor(lengths, dtype=torch.long),
+             "valid": torch.tensor([w is not None for w in wavs]), "keys": keys, "epoch": epoch}
+    if with_labels:  # (B, T_enc) int64, -1 on padding, T_enc of the padded batch
+        frames = -(-(1 + audio.shape[1] // 160) // 2)
+        labels = torch.full((len(items), frames), -1, dtype=torch.long)
+        for i, x in enumerate(items):
+            if isinstance(x, tuple):
+                labels[i, : len(x[1])] = torch.from_numpy(x[1][:frames])
+        batch["labels"] = labels
+    return batch

@@ -32,8 +32,8 @@ class KMeansTargets(Objective):
     def forward(self, enc_out: EncoderOutput, targets: torch.Tensor, mask: torch.Tensor,
                 extras: dict[str, torch.Tensor] | None = None) -> ObjectiveOutput:
         if not extras or "labels" not in extras:
-            raise ValueError("objective 'kmeans' needs labels: set objective.label_member and "
-                             "make them with tools/kmeans_labels.py")
+            raise ValueError("objective 'kmeans' needs labels: set data.label_member (and "
+                             "data.label_sidecar_dir for sidecar shards)")
         labels = extras["labels"]  # (B, T_enc) int64, -1 = padding
         logits = self.head(enc_out.hidden).float()  # (B, T_enc, C)
         B, T_enc, C = logits.shape
