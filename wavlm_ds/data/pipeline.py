@@ -7,6 +7,8 @@ Batch dict (what the trainer receives):
     valid   (B,) bool; False = the sample failed (row is silence, the loss must ignore it)
     keys    list[str] (B)
     epoch   int
+    labels  (B, T_enc) int64, -1 on padding; only with data.label_member (one label per
+            20 ms encoder frame, T_enc = ceil((1 + S // 160) / 2))
 
 Determinism: every random choice is drawn from generators the pipeline seeds itself from
 (seed, epoch[, rank, worker]): the shard-to-slot assignment, the shuffle buffer, the batch
