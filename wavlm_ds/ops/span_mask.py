@@ -71,14 +71,20 @@ def place_spans(lengths: torch.Tensor, T: int, ratio: float, span: int, u_gaps: 
     cut = cum * (L - n)[:, None] // cum[:, -1:].clamp(min=1)
     cut = torch.where(j[None, :] >= k[:, None] - 1, (L - n)[:, None], cut)
     gaps = torch.diff(cut, dim=1, prepend=torch.zeros(B, 1, dtype=torch.long, device=device))
-    starts = gaps.cumsum(1) + span_len.cumsum(1) - span_len  # (B, K), nondecreasing
+    starts = gaps.cumsum(1) + span_len.cumsum(1) - span_len  # (B, K) on the unrotated circle
+    # Rotate, then paint the spans with a difference array: +1 at each span start, -1 after
+    # its end, a span that wraps past the row's end restarts at 0; a cumsum gives the mask.
     offset = (u_offset * L.double()).long()  # rotation in [0, L)
+    a = torch.remainder(starts + offset[:, None], L.clamp(min=1)[:, None])  # (B, K)
+    b = a + span_len
+    wraps = (b > L[:, None]).long()
+    diff = torch.zeros(B, T + 1, dtype=torch.long, device=device)
+    diff.scatter_add_(1, a, torch.ones_like(a))
+    diff.scatter_add_(1, torch.minimum(b, L[:, None]), -torch.ones_like(a))
+    diff[:, 0] += wraps.sum(1)
+    diff.scatter_add_(1, (b - L[:, None]).clamp(0, T), -wraps)
     t = torch.arange(T, device=device)
-    unrot = torch.remainder(t[None, :] - offset[:, None], L.clamp(min=1)[:, None])  # (B, T)
-    idx = torch.searchsorted(starts, unrot, right=True) - 1  # span starting at or before
-    idx_c = idx.clamp(min=0)
-    inside = unrot < starts.gather(1, idx_c) + span_len.gather(1, idx_c)
-    return (idx >= 0) & inside & (t[None, :] < L[:, None])
+    return (diff[:, :T].cumsum(1) > 0) & (t[None, :] < L[:, None])
 
 
 def fairseq_span_mask(lengths: torch.Tensor, T: int, mask_prob: float, mask_length: int,
