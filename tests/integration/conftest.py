@@ -65,15 +65,20 @@ def tiny_corpus(tmp_path_factory) -> dict[str, Path]:
                                   noise=True)}
 
 
+def corpus_overrides(corpus: dict[str, Path]) -> list[str]:
+    """--set items pointing the demo config at the test corpus (never at runs/demo)."""
+    return [f"data.sources=[{{name: tiny, shards: {corpus['train']}}}]",
+            f"data.valid_shards={corpus['valid']}", f"data.noise_shards={corpus['noise']}",
+            "logging.progress_bar=false"]
+
+
 def launch(run_dir: Path, corpus: dict[str, Path], overrides: list[str], ds_config: dict,
            env: dict[str, str] | None = None, resume: str = "auto") -> int:
     """Run train.py through the real deepspeed launcher on hostfiles/localhost (2 ranks)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ds_path = run_dir / f"ds_{len(list(run_dir.glob('ds_*.json')))}.json"
     ds_path.write_text(json.dumps(ds_config))
-    base = [f"data.sources=[{{name: tiny, shards: {corpus['train']}}}]",
-            f"data.valid_shards={corpus['valid']}", f"data.noise_shards={corpus['noise']}",
-            "logging.progress_bar=false"]
+    base = corpus_overrides(corpus)
     cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, run_dir, base + overrides, resume)
     log = run_dir / f"launch_{ds_path.stem}.log"
     return run_training(cmd, log, env=env, timeout_s=900)

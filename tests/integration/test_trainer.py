@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.conftest import launch, metrics
+from tests.integration.conftest import corpus_overrides, launch, metrics
 from wavlm_ds.checkpoint import LATEST, safe_load, verify_checkpoint
 from wavlm_ds.launch import ROOT, launcher_env, train_command
 
@@ -114,14 +114,14 @@ def test_sigterm_to_launcher_leaves_loadable_checkpoint(tiny_corpus, tmp_path):
     ds_path = tmp_path / "ds.json"
     ds_path.write_text(json.dumps(ds_config()))
     cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, tmp_path,
-                        [f"data.sources=[{{name: tiny, shards: {tiny_corpus['train']}}}]",
-                         "training.max_steps=1000", "training.save_every_steps=1000",
-                         "logging.progress_bar=false", *COMMON])
+                        corpus_overrides(tiny_corpus) + ["training.max_steps=1000",
+                                                         "training.save_every_steps=1000", *COMMON])
     with open(tmp_path / "launch.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env=launcher_env())
         deadline = time.time() + 300
         while time.time() < deadline and not _reached_step(tmp_path, 2):
+            assert proc.poll() is None, (tmp_path / "launch.log").read_text()[-3000:]
             time.sleep(0.5)
         launcher = _node_launcher(proc.pid)
         launcher.send_signal(signal.SIGTERM)  # it signals every rank (and worker), kills after 30 s
@@ -180,8 +180,7 @@ def test_universal_checkpoint_two_ranks_to_one(reference, tiny_corpus, tmp_path)
     one.mkdir()
     ds_path.write_text(json.dumps(ds))
     cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, one,
-                        [f"data.sources=[{{name: tiny, shards: {tiny_corpus['train']}}}]",
-                         "logging.progress_bar=false", "training.max_steps=5", *COMMON],
+                        corpus_overrides(tiny_corpus) + ["training.max_steps=5", *COMMON],
                         resume=str(uni), hostfile=hostfile)
     log = one / "launch.log"
     with open(log, "w") as out:
