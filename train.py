@@ -18,6 +18,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,9 +63,10 @@ def load_ds_config(path: str, run_dir: Path, cfg: RunConfig) -> dict:
     return ds
 
 
-def validate(cfg: RunConfig, ds: dict, world: int, where: str) -> tuple[int, int]:
-    """Cross-field checks before any process group or data is touched: (accum, max_steps)."""
-    _, _, accum = check_batch_arithmetic(ds, world, where)
+def validate(cfg: RunConfig, ds: dict, world: int, where: str) -> tuple[int, int, int]:
+    """Cross-field checks before any process group or data is touched:
+    (micro batch, accumulation, max_steps)."""
+    _, micro, accum = check_batch_arithmetic(ds, world, where)
     total = ds.get("scheduler", {}).get("params", {}).get("total_num_steps")
     max_steps = cfg.training.max_steps or total
     if not max_steps:
@@ -72,7 +74,35 @@ def validate(cfg: RunConfig, ds: dict, world: int, where: str) -> tuple[int, int
                           "DeepSpeed JSON or training.max_steps in the run YAML")
     if not cfg.data.sources:
         raise ConfigError("data.sources is empty: add at least one {name, shards} entry")
-    return accum, max_steps
+    return micro, accum, max_steps
+
+
+@dataclass
+class Streams:
+    """Every data stream of this rank. Built before any process group, so a bad shard spec
+    or index is a config error (exit 2), not a crash after minutes of start-up."""
+    train: TrainLoader
+    valid: EvalLoader | None
+    noise: TrainLoader | None
+
+    @classmethod
+    def build(cls, cfg: RunConfig, micro: int, rank: int, world: int) -> "Streams":
+        d = cfg.data
+        valid = EvalLoader(d.valid_shards, micro, rank, world, cfg.training.eval_batches, d) \
+            if d.valid_shards else None
+        return cls(TrainLoader(d, micro, rank, world, cfg.training.seed), valid,
+                   E.noise_loader(cfg, micro, rank, world))
+
+    def state_dict(self) -> dict:
+        state = {"data": self.train.state_dict()}
+        if self.noise is not None:
+            state["noise_data"] = self.noise.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train.load_state_dict(state["data"])
+        if self.noise is not None and "noise_data" in state:
+            self.noise.load_state_dict(state["noise_data"])
 
 
 class StopFlag:
@@ -120,11 +150,8 @@ def main(argv: list[str]) -> int:
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     ds = load_ds_config(args.deepspeed_config, run_dir, cfg)
     rank, world, _ = E.dist_env()
-    accum, max_steps = validate(cfg, ds, world, args.deepspeed_config)
-    micro = ds["train_micro_batch_size_per_gpu"] if "train_micro_batch_size_per_gpu" in ds else \
-        ds["train_batch_size"] // (accum * world)
-    loader = TrainLoader(cfg.data, batch_size=micro, rank=rank, world_size=world,
-                         seed=cfg.training.seed)  # validates shards vs ranks x workers
+    micro, accum, max_steps = validate(cfg, ds, world, args.deepspeed_config)
+    streams = Streams.build(cfg, micro, rank, world)  # validates shards vs ranks x workers
     ckpt_root, resume_tag = resolve_resume(args.resume, run_dir / "checkpoints")
     universal = resume_tag is not None and is_universal(ckpt_root / resume_tag)
     if universal:
@@ -143,28 +170,22 @@ def main(argv: list[str]) -> int:
     state = {"step": 0, "consecutive_skips": 0, "skipped_total": 0}
     if universal:
         state = load_universal(engine, ckpt_root / resume_tag)
-        loader.load_state_dict(state["data"])
+        streams.load_state_dict(state)
     elif resume_tag is not None:
         state = CheckpointManager(ckpt_root, rank, world, 1).load(engine, resume_tag)
         torch.set_rng_state(state["rng_cpu"])
-        loader.load_state_dict(state["data"])
-    return run(engine, cfg, loader, ckpt, state, run_dir, accum, max_steps, rank, world, device)
+        streams.load_state_dict(state)
+    return run(engine, cfg, streams, ckpt, state, run_dir, accum, max_steps, rank, world, device)
 
 
-def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, state: dict,
+def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state: dict,
         run_dir: Path, accum: int, max_steps: int, rank: int, world: int, device) -> int:
     stop = StopFlag()
-    eval_loader = EvalLoader(cfg.data.valid_shards, engine.train_micro_batch_size_per_gpu(),
-                             rank, world, cfg.training.eval_batches, cfg.data) \
-        if cfg.data.valid_shards else None
     writer = MetricsWriter(run_dir, engine.monitor, rank == 0, max_steps, state["step"],
                            cfg.logging.progress_bar)
     peak = device_peak_tflops(device)
-    noise = E.noise_loader(cfg, engine.train_micro_batch_size_per_gpu(), rank, world)
-    if noise is not None and "noise_data" in state:
-        noise.load_state_dict(state["noise_data"])
-    noise_iter = iter(noise) if noise is not None else None
-    data_iter = iter(loader)
+    noise_iter = iter(streams.noise) if streams.noise is not None else None
+    data_iter = iter(streams.train)
     objective = engine.module.objective
     exit_code = 0
     for step in range(state["step"] + 1, max_steps + 1):
@@ -181,13 +202,13 @@ def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, st
         names = sorted(stats)
         totals = E.global_sum([loss_sum, float(stop.requested),
                                sum(mb.audio_seconds for mb in micros),
-                               float(sum(mb.num_rows for mb in micros)),
+                               float(sum(mb.features.shape[0] for mb in micros)),
                                sum(mb.mask.sum() for mb in micros),
                                sum(mb.frame_lengths.sum() for mb in micros)]
                               + [stats[k] for k in names], device)
         step_time = time.perf_counter() - t0
         if step % cfg.logging.log_every_steps == 0:
-            flops = sum(3 * forward_flops(cfg.model, mb.features.shape[1], mb.num_rows)
+            flops = sum(3 * forward_flops(cfg.model, mb.features.shape[1], mb.features.shape[0])
                         for mb in micros)
             tflops = flops / step_time / 1e12
             writer.write(step, {
@@ -204,13 +225,12 @@ def run(engine, cfg: RunConfig, loader: TrainLoader, ckpt: CheckpointManager, st
                       state["consecutive_skips"])
             exit_code = EXIT_NONFINITE
             break
-        if eval_loader is not None and (step % cfg.training.eval_every_steps == 0 or step == max_steps):
-            writer.write(step, evaluate(engine, cfg, eval_loader, rank, device), prefix="valid")
+        if streams.valid is not None and (step % cfg.training.eval_every_steps == 0
+                                          or step == max_steps):
+            writer.write(step, evaluate(engine, cfg, streams.valid, rank, device), prefix="valid")
         stopping = totals[1].item() > 0
         if stopping or step % cfg.training.save_every_steps == 0 or step == max_steps:
-            if noise is not None:
-                state["noise_data"] = noise.state_dict()
-            save(engine, ckpt, cfg, state, loader, step)
+            save(engine, ckpt, cfg, state, streams, step)
         if stopping:
             log.warning("stop signal: checkpoint saved at step %d, exiting", step)
             exit_code = EXIT_PREEMPTED
@@ -246,9 +266,9 @@ def _float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def save(engine, ckpt: CheckpointManager, cfg: RunConfig, state: dict, loader: TrainLoader,
+def save(engine, ckpt: CheckpointManager, cfg: RunConfig, state: dict, streams: Streams,
          step: int) -> None:
-    state.update(step=step, data=loader.state_dict(), rng_cpu=torch.get_rng_state())
+    state.update(step=step, rng_cpu=torch.get_rng_state(), **streams.state_dict())
     ckpt.save(engine, step, trainer_state=dict(state),
               client_state={"step": step, "run_config": to_dict(cfg)})
 

@@ -141,8 +141,9 @@ def make_shards(entries: list[dict], out: Path, prefix: str = "train", max_durat
     writer = ShardWriter(out, prefix, max_samples, max_bytes)
     skipped, samples = [], 0
     args = [(e, int(max_duration_s * SR)) for e in entries]
-    with Pool(workers) if workers > 1 else _Serial() as pool:
-        results = pool.imap(_process_star, args, chunksize=4)  # keeps input order
+    pool = Pool(workers) if workers > 1 else None
+    try:  # imap and map both keep the input order, so shards are deterministic
+        results = pool.imap(_process_star, args, chunksize=4) if pool else map(_process_star, args)
         for entry, (pieces, error) in zip(entries, tqdm(results, total=len(entries),
                                                        desc="make_shards", unit="file")):
             if error:
@@ -150,6 +151,10 @@ def make_shards(entries: list[dict], out: Path, prefix: str = "train", max_durat
             for piece in pieces:
                 writer.add(*piece)
                 samples += 1
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     writer.close()
     index = write_index(out, writer.infos)
     report = {"inputs": len(entries), "samples": samples, "skipped": skipped,
@@ -161,17 +166,6 @@ def make_shards(entries: list[dict], out: Path, prefix: str = "train", max_durat
 
 def _process_star(args: tuple) -> tuple:
     return process(*args)
-
-
-class _Serial:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap(self, fn, items, chunksize=1):
-        return map(fn, items)
 
 
 def main(argv: list[str]) -> int:

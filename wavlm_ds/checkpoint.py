@@ -15,7 +15,6 @@ listing the exact DeepSpeed classes its optimizer states need (DeepSpeed's own l
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -29,6 +28,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+from wavlm_ds.data.index import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,6 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tag_for_step(step: int) -> str:

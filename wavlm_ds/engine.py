@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ import torch.distributed as dist
 from wavlm_ds.checkpoint import SafeCheckpointEngine
 from wavlm_ds.config import RunConfig, SourceConfig
 from wavlm_ds.data import TrainLoader, mix_utterances
+from wavlm_ds.data.pipeline import hash_seed
 from wavlm_ds.model import WavLMEncoder
 from wavlm_ds.objectives import PretrainModel, build_objective
 from wavlm_ds.ops.logmel import log_mel
@@ -35,9 +35,8 @@ NAN_ENV = "WAVLM_DS_INJECT_NAN"  # "<step>@<rank>[,<step>@<rank>...]": fault inj
 
 
 def seed_for(seed: int, *keys: int) -> int:
-    """A 63-bit seed mixed from (seed, keys...) by hashing: no correlated neighbours."""
-    digest = hashlib.blake2b(repr((seed,) + keys).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    """hash_seed(seed, *keys) cut to 63 bits (torch.manual_seed's safe range)."""
+    return hash_seed(seed, *keys) >> 1
 
 
 def make_generator(device: torch.device | str, seed: int, *keys: int) -> torch.Generator:
@@ -95,7 +94,6 @@ class MicroBatch:
     frame_lengths: torch.Tensor
     mask: torch.Tensor
     audio_seconds: float
-    num_rows: int
     extras: dict[str, torch.Tensor] | None = None  # e.g. "labels" (B, T_enc) for k-means
 
 
@@ -132,8 +130,7 @@ def prepare_micro(batch: dict, cfg: RunConfig, device: torch.device, step: int, 
     mask = mask & valid[:, None]
     seconds = float(batch["lengths"][batch["valid"]].sum()) / 16000.0  # host tensors: no sync
     extras = {"labels": batch["labels"].to(device)} if "labels" in batch else None
-    return MicroBatch(features, targets, frame_lengths, mask, seconds, int(audio.shape[0]),
-                      extras)
+    return MicroBatch(features, targets, frame_lengths, mask, seconds, extras)
 
 
 def noise_loader(cfg: RunConfig, batch_size: int, rank: int, world: int) -> TrainLoader | None:

@@ -24,7 +24,7 @@ NO_NOISE = ["model.dropout=0.0", "model.attention_dropout=0.0", "model.layerdrop
             "training.max_steps=1", "training.eval_every_steps=1000"]
 
 
-def one_batch_gradient(cfg, corpus) -> dict[str, torch.Tensor]:
+def one_batch_gradient(cfg) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
     micros = []
     for rank in (0, 1):
         loader = TrainLoader(cfg.data, batch_size=2, rank=rank, world_size=2, seed=cfg.training.seed)
@@ -52,7 +52,7 @@ def test_accumulated_two_rank_gradient_equals_one_batch(tiny_corpus, tmp_path):
     assert launch(tmp_path, tiny_corpus, NO_NOISE, ds) == 0
     cfg = load_config(ROOT / "configs" / "demo.yaml", NO_NOISE + [
         f"data.sources=[{{name: tiny, shards: {tiny_corpus['train']}}}]"])
-    expected, model = one_batch_gradient(cfg, tiny_corpus)
+    expected, model = one_batch_gradient(cfg)
     state = safe_load(tmp_path / "checkpoints" / "step00000001" / "mp_rank_00_model_states.pt")
     optim = state["optimizer"]
     groups = E.param_groups(model, cfg.training.no_decay_patterns)

@@ -49,8 +49,8 @@ def test_blocked_matches_reference_bf16():
 
 def test_dispatch_and_dropout_policy():
     cpu = torch.device("cpu")
-    assert choose_impl("auto", cpu, 0.0, True) == "blocked"
-    assert choose_impl("auto", cpu, 0.1, True) == "reference"
+    assert choose_impl("auto", cpu, 0.0) == "blocked"
+    assert choose_impl("auto", cpu, 0.1) == "reference"
     tensors, pad = inputs(T=40, lengths=(40, 30))
     with pytest.raises(ValueError, match="no attention dropout"):
         gated_bias_attention(*tensors, pad, dropout_p=0.1, impl="blocked")

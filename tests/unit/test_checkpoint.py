@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,9 @@ import torch
 
 from wavlm_ds.checkpoint import (LATEST, MANIFEST, CheckpointError, CheckpointManager,
                                  forced_safe_loads, resolve_resume, safe_load, verify_checkpoint)
+from wavlm_ds.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,13 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wavlm_ds.config import ConfigError
+
 INDEX_NAME = "index.json"
 
 
-class IndexError_(ValueError):
-    pass
+class ShardIndexError(ConfigError):
+    """A missing or malformed index.json: a configuration problem (bad path or stale shards)."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,9 @@ def read_index(path: Path) -> ShardIndex:
         shards = tuple(ShardInfo(**s) for s in data["shards"])
         return ShardIndex(path, shards, int(data.get("sample_rate", 16000)))
     except FileNotFoundError:
-        raise IndexError_(f"{path}: index not found; make shards with tools/make_shards.py") from None
+        raise ShardIndexError(f"{path}: index not found; make shards with tools/make_shards.py") from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise IndexError_(f"{path}: malformed shard index ({type(err).__name__}: {err}); "
+        raise ShardIndexError(f"{path}: malformed shard index ({type(err).__name__}: {err}); "
                           "regenerate it with tools/make_shards.py") from None
 
 

@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from wavlm_ds.config import ConfigError, DataConfig
-from wavlm_ds.data.pipeline import Sample, Slot, _seed, collate, decode_crop, read_samples
+from wavlm_ds.data.pipeline import (Sample, Slot, collate, decode_crop, hash_seed,
+                                    read_samples)
 from wavlm_ds.data.spec import Shard, expand_spec
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def assign_slots(shards: list[Shard], slots: int, batch_size: int, seed: int,
                  epoch: int) -> list[Slot]:
     """Balanced, deterministic shard -> slot assignment for one epoch (largest first)."""
     order = list(shards)
-    random.Random(_seed(seed, epoch, "shards")).shuffle(order)
+    random.Random(hash_seed(seed, epoch, "shards")).shuffle(order)
     lists: list[list[Shard]] = [[] for _ in range(slots)]
     loads = [0] * slots
     for shard in sorted(order, key=lambda s: -s.num_samples):  # stable: ties keep the shuffle
@@ -38,7 +39,7 @@ def assign_slots(shards: list[Shard], slots: int, batch_size: int, seed: int,
         lists[target].append(shard)
         loads[target] += shard.num_samples
     for i, lst in enumerate(lists):
-        random.Random(_seed(seed, epoch, "slot", i)).shuffle(lst)
+        random.Random(hash_seed(seed, epoch, "slot", i)).shuffle(lst)
     per_slot = min(loads) // batch_size
     return [Slot(lst, per_slot) for lst in lists]
 
@@ -90,7 +91,7 @@ class _SlotStream(IterableDataset):
         L = self.loader
         slot = L.slot(self.epoch, role)
         stats: Counter = Counter()
-        rng = random.Random(_seed(L.seed, self.epoch, L.rank, role, "order"))
+        rng = random.Random(hash_seed(L.seed, self.epoch, L.rank, role, "order"))
         samples = L.samples(slot, rng, stats, self.epoch, role)
         batches = bucket_batches(shuffle_buffer(samples, L.cfg.shuffle_buffer, rng),
                                  L.batch_size, L.cfg.bucket_batches, rng)
@@ -167,7 +168,7 @@ class TrainLoader:
             for shard in slot.shards:
                 yield from self._read(shard, stats)
             return
-        src_rng = random.Random(_seed(self.seed, epoch, self.rank, role, "sources"))
+        src_rng = random.Random(hash_seed(self.seed, epoch, self.rank, role, "sources"))
         streams = [self._resampled(src, src_rng, stats) for src in self.sources]
         while True:
             i = rng.choices(range(len(streams)), weights=self.weights)[0]
@@ -205,7 +206,7 @@ class TrainLoader:
             # Own generator: DataLoader draws a base seed when iterated, and drawing it from
             # the global RNG would shift the trainer's dropout stream (breaking exact resume).
             dl = DataLoader(stream, batch_size=None, num_workers=workers,
-                            generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)),
+                            generator=torch.Generator().manual_seed(hash_seed(self.seed, self.epoch)),
                             worker_init_fn=_worker_init if workers else None,
                             prefetch_factor=2 if workers else None,
                             multiprocessing_context="fork" if workers else None)

@@ -50,7 +50,9 @@ CROP_ALIGN = 320  # crop offsets on 20 ms boundaries, so frame-rate labels crop 
 AUDIO_EXTS = ("flac", "wav")
 
 
-def _seed(*keys: object) -> int:
+def hash_seed(*keys: object) -> int:
+    """A 64-bit seed hashed from keys (e.g. seed, epoch, rank, worker): no correlated
+    neighbours, the same in every process. The one seed mixer of the project."""
     return int.from_bytes(hashlib.blake2b(repr(keys).encode(), digest_size=8).digest(), "little")
 
 
@@ -161,7 +163,7 @@ def decode_crop(sample: Sample, cfg: DataConfig, seed: int, epoch: int, stats: C
     max_len, start = int(cfg.max_duration_s * SR), 0
     if len(wav) > max_len:
         choices = (len(wav) - max_len) // CROP_ALIGN + 1
-        start = (_seed(seed, epoch, sample.key) % choices) * CROP_ALIGN if random_crop else 0
+        start = (hash_seed(seed, epoch, sample.key) % choices) * CROP_ALIGN if random_crop else 0
         wav = wav[start:start + max_len]
     if sample.labels is not None:
         labels = crop_labels(sample, len(wav), start, stats)

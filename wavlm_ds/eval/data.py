@@ -2,21 +2,23 @@
 
 Any shard set written by tools/make_shards.py works: a split directory (with its
 index.json, or just *.tar files), an index.json, a single .tar, a glob, or a comma list.
-Tar files are read with `tarfile` member by member (nothing is extracted, no pickle
-decoders); audio goes through wavlm_ds.data.audio so every format the trainer reads works.
+Tars go through the training pipeline's reader (wavlm_ds.data.pipeline.read_tar: no
+pickle decoders) and audio through wavlm_ds.data.audio, so every format the trainer
+reads works here too.
 """
 from __future__ import annotations
 
 import glob
 import json
 import sys
-import tarfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from wavlm_ds.data.pipeline import read_tar
 from wavlm_ds.eval import EvalError
 
 AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus")
@@ -65,27 +67,11 @@ def resolve_shards(spec: str) -> list[Path]:
 
 def _from_index(index: Path) -> list[Path]:
     """Shard paths listed by an index.json (names relative to its directory)."""
-    from wavlm_ds.data.index import IndexError_, read_index
+    from wavlm_ds.data.index import ShardIndexError, read_index
     try:
         return read_index(index).shard_paths()
-    except IndexError_ as err:
+    except ShardIndexError as err:
         raise EvalError(str(err)) from None
-
-
-def _read_shard(path: Path, max_member_bytes: int) -> dict[str, dict[str, bytes]]:
-    """{key: {ext: bytes}}; key = member path up to the first dot of its file name."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path, "r:*") as tar:
-        for m in tar:
-            if not m.isfile() or m.size > max_member_bytes:
-                continue
-            directory, _, base = m.name.rpartition("/")
-            stem, dot, ext = base.partition(".")
-            if not dot:
-                continue
-            key = f"{directory}/{stem}" if directory else stem
-            samples.setdefault(key, {})[ext.lower()] = tar.extractfile(m).read()
-    return samples
 
 
 def _decode(blob: bytes, source: str) -> np.ndarray | None:
@@ -112,8 +98,12 @@ def load_split(spec: str, name: str, max_utterances: int = 0, max_seconds: float
         raise EvalError(f"{name} split {spec!r}: no shards found")
     split = Split(name, spec, [], {"no_audio": 0, "no_json": 0, "bad_audio": 0, "too_long": 0,
                                    "too_short": 0})
+    damaged: Counter = Counter()
     for shard in tqdm(shards, desc=f"read {name}", unit="shard", leave=False):
-        for key, members in _read_shard(shard, max_member_bytes).items():
+        # The training pipeline's tar reader: members grouped by key, oversized members
+        # refused before reading, a damaged tar ends its shard (counted) instead of raising.
+        for members in read_tar(str(shard), max_member_bytes, damaged):
+            key = members["__key__"]
             ext = next((e for e in AUDIO_EXTS if e in members), None)
             if ext is None:
                 split.skipped["no_audio"] += 1
@@ -134,6 +124,7 @@ def load_split(spec: str, name: str, max_utterances: int = 0, max_seconds: float
             split.utterances.append(Utterance(key, audio, json.loads(members["json"]), str(shard)))
             if max_utterances and len(split.utterances) >= max_utterances:
                 return split
+    split.skipped["refused_or_damaged"] = sum(damaged.values())
     if not split.utterances:
         raise EvalError(f"{name} split {spec!r}: no usable utterances in {len(shards)} shard(s) "
                         f"(skipped: {split.skipped}); an evaluation needs a non-empty split")

@@ -118,7 +118,7 @@ def encoder_upstream(export_dir: Path, name: str | None = None) -> Upstream:
 
 def _pretrain_hours(cfg) -> float | None:
     """Hours of the pretraining sources when each is an index.json still on disk, else None."""
-    from wavlm_ds.data.index import IndexError_, read_index
+    from wavlm_ds.data.index import ShardIndexError, read_index
     total = 0.0
     for src in cfg.data.sources:
         path = Path(src.shards)
@@ -126,7 +126,7 @@ def _pretrain_hours(cfg) -> float | None:
             return None
         try:
             total += sum(s.hours for s in read_index(path).shards)
-        except IndexError_:
+        except ShardIndexError:
             return None
     return total if cfg.data.sources else None
 

@@ -80,7 +80,7 @@ def _compiled_flex():
     return _FLEX
 
 
-def choose_impl(impl: str, device: torch.device, dropout_p: float, needs_grad: bool) -> str:
+def choose_impl(impl: str, device: torch.device, dropout_p: float) -> str:
     """'auto' -> the fastest path allowed here.
 
     CUDA with a passed self-test (or forced): flex. Attention dropout > 0: reference (the
@@ -103,7 +103,7 @@ def gated_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate
     Attention dropout exists only on the reference path; asking a fused path for it is an
     error (auto falls back to the reference instead).
     """
-    chosen = choose_impl(impl, q.device, dropout_p, q.requires_grad)
+    chosen = choose_impl(impl, q.device, dropout_p)
     if chosen == "reference":
         return attention_reference(q, k, v, gate, rel_bias, key_padding_mask, dropout_p)
     if dropout_p > 0:

@@ -160,7 +160,8 @@ def log_mel(audio: torch.Tensor, lengths: torch.Tensor, mode: str = "htk",
         raise ValueError(f"impl={impl!r}: use 'auto', 'torch' or 'reference'")
     _check(audio, lengths, mode)
     frame_lengths = num_frames(lengths, mode)
-    T = int(num_frames(torch.tensor(audio.shape[1]), mode))
+    S = audio.shape[1]
+    T = 1 + S // HOP if mode == "htk" else 1 + (S - WIN) // HOP  # the padded row's frames
     if mode == "htk" and impl != "reference":
         feats = _log_mel_htk_fast(audio, lengths, frame_lengths)
     else:
