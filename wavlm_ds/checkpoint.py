@@ -240,10 +240,41 @@ class CheckpointManager:
                                          load_lr_scheduler_states=True)
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {ckpt_dir}")
+        replay_cpu_adam_powers(engine)
         return safe_load(ckpt_dir / trainer_state_name(self.rank))
 
 
 UNIVERSAL_STATE = "trainer_state.json"  # written last by `tools/export.py universal`
+
+
+def replay_cpu_adam_powers(engine: Any) -> int:
+    """Make the first optimizer step after a resume bitwise equal to an uninterrupted run's.
+
+    DeepSpeed's CPU FusedAdam kernel (csrc/cpu/adam) keeps beta1^t and beta2^t in C++ state,
+    updated by one float multiplication per step, but recomputes them with `pow` when the
+    step it is given is not the previous one plus one, as after a restart: the bias
+    corrections then differ by an ulp and the runs drift apart at ~1e-7. Replaying the step
+    counter 1..t on a one-element dummy tensor rebuilds the same products (~5 us a step).
+    The CUDA kernel computes `pow` every step and needs nothing. Returns the steps replayed.
+    """
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.ops.adam import FusedAdam
+
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    if not isinstance(base, FusedAdam) or get_accelerator().device_name() != "cpu":
+        return 0
+    steps = {int(s["step"]) for s in base.state.values() if "step" in s}
+    if len(steps) != 1:  # no state yet, or groups out of step: nothing safe to replay
+        return 0
+    last = steps.pop()
+    group = base.param_groups[0]
+    beta1, beta2 = group["betas"]
+    dummy = [[torch.zeros(1)] for _ in range(4)]  # grad, param, exp_avg, exp_avg_sq
+    flag = torch.zeros(1, dtype=torch.int)
+    for step in range(1, last + 1):
+        base.multi_tensor_adam(1, flag, dummy, 0.0, beta1, beta2, group["eps"], step,
+                               int(base.adam_w_mode), 1, 0.0)
+    return last
 
 
 def is_universal(path: Path) -> bool:
@@ -267,6 +298,7 @@ def load_universal(engine: Any, path: Path) -> dict:
                                        load_optimizer_states=True, load_lr_scheduler_states=True)
     if loaded is None:
         raise CheckpointError(f"DeepSpeed could not load the universal checkpoint {path}")
+    replay_cpu_adam_powers(engine)
     return {"step": info["step"], "consecutive_skips": 0, "skipped_total": info["skipped_total"],
             "data": {"epoch": info["epoch"], "batches_consumed": 0}}
 
