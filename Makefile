@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 SYSPKG_STAMP := $(VENV)/.syspkgs
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup syspkgs ops test test-fast demo bench eval clean
+.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval clean
 
 setup: $(STAMP) $(SYSPKG_STAMP)
 
@@ -45,6 +45,13 @@ ops: setup
 
 test: setup ops
 	$(PY) -m pytest tests -q -ra
+
+# The fault-injection suite with its full case count (CI runs a reduced count in `make test`);
+# writes the table RELIABILITY.md quotes.
+reliability-full: setup ops
+	rm -f runs/reliability/report.jsonl
+	WAVLM_DS_RELIABILITY_FULL=1 WAVLM_DS_RELIABILITY_REPORT=runs/reliability/report.jsonl \
+	  $(PY) -m pytest tests/reliability -q -ra
 
 test-fast: setup
 	$(PY) -m pytest tests/unit -q -m "not slow"

@@ -8,7 +8,8 @@ usage: deepspeed --hostfile hostfiles/a100x128 train.py \
 One optimizer step = `gradient_accumulation_steps` micro-batches; DeepSpeed owns the
 accumulation. The loss of each micro-batch is its masked-frame sum scaled so that the step's
 gradient is the mean over the global count of masked frames (all micro-batches, all ranks).
-Exit codes: 0 done, 75 stopped by SIGTERM/SIGUSR1 after saving, 3 too many non-finite steps.
+Exit codes: 0 done, 75 stopped by SIGTERM/SIGUSR1 after saving, 3 too many non-finite steps,
+4 a checkpoint could not be saved (e.g. disk full; the previous one is kept), 2 config error.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import torch
 import yaml
 
 from wavlm_ds import engine as E
-from wavlm_ds.checkpoint import CheckpointManager, is_universal, load_universal, resolve_resume
+from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, fault_point, is_universal,
+                                 load_universal, resolve_resume)
 from wavlm_ds.config import RunConfig, check_batch_arithmetic, load_config, to_dict, ConfigError
 from wavlm_ds.data import EvalLoader, TrainLoader
 from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu
@@ -34,6 +36,10 @@ from wavlm_ds.objectives.reconstruction import baseline_loss_sums
 
 EXIT_PREEMPTED = 75
 EXIT_NONFINITE = 3
+EXIT_SAVE_FAILED = 4
+EXIT_REASONS = {0: "done", EXIT_PREEMPTED: "preempted: checkpoint saved",
+                EXIT_NONFINITE: "too many consecutive non-finite steps",
+                EXIT_SAVE_FAILED: "checkpoint save failed; previous checkpoint kept"}
 log = logging.getLogger("train")
 
 
@@ -120,6 +126,7 @@ class StopFlag:
 def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> dict[str, float]:
     """Validation loss with fixed masks; for reconstruction, next to the zero and
     span-interpolation baselines so that the number means something."""
+    fault_point("eval", rank)
     engine.eval()
     objective = engine.module.objective
     with_baselines = cfg.objective.name == "reconstruction"
@@ -175,7 +182,17 @@ def main(argv: list[str]) -> int:
         state = CheckpointManager(ckpt_root, rank, world, 1).load(engine, resume_tag)
         torch.set_rng_state(state["rng_cpu"])
         streams.load_state_dict(state)
-    return run(engine, cfg, streams, ckpt, state, run_dir, accum, max_steps, rank, world, device)
+    try:
+        code = run(engine, cfg, streams, ckpt, state, run_dir, accum, max_steps, rank, world,
+                   device)
+    except CheckpointError as err:  # every rank raises it together (e.g. disk full)
+        log.error("%s", err)
+        code = EXIT_SAVE_FAILED
+    if rank == 0:  # for requeue scripts: the launcher reports 1 for any signalled run
+        status = {"exit_code": code, "reason": EXIT_REASONS[code],
+                  "last_checkpoint": ckpt.find_latest_valid(verify=False)}
+        (run_dir / "exit_status.json").write_text(json.dumps(status) + "\n")
+    return code
 
 
 def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state: dict,
@@ -187,12 +204,18 @@ def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state
     noise_iter = iter(streams.noise) if streams.noise is not None else None
     data_iter = iter(streams.train)
     objective = engine.module.objective
+    key_log = None
+    if cfg.logging.log_sample_keys:
+        (run_dir / "sample_keys").mkdir(parents=True, exist_ok=True)
+        key_log = open(run_dir / "sample_keys" / f"rank{rank}.jsonl", "a")
     exit_code = 0
     for step in range(state["step"] + 1, max_steps + 1):
+        fault_point(f"step{step}", rank)
         t0 = time.perf_counter()
-        micros = [E.prepare_micro(next(data_iter), cfg, device, step, i, rank,
+        batches = [next(data_iter) for _ in range(accum)]
+        micros = [E.prepare_micro(b, cfg, device, step, i, rank,
                                   noise=next(noise_iter) if noise_iter else None)
-                  for i in range(accum)]
+                  for i, b in enumerate(batches)]
         count = E.global_sum([sum(objective.count(mb.mask) for mb in micros)], device)[0].item()
         lr = engine.get_lr()[0]
         loss_sum, stats = train_step(engine, cfg, micros, accum * world / max(count, 1.0), step, rank)
@@ -220,6 +243,10 @@ def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state
                 "audio_s_per_s": totals[2].item() / step_time, "step_time_s": step_time,
                 "tflops_per_device": tflops, "mfu": mfu(tflops, peak),
                 **{k: totals[6 + i].item() / max(count, 1.0) for i, k in enumerate(names)}})
+        if key_log is not None:
+            keys = [k for b in batches for k, ok in zip(b["keys"], b["valid"].tolist()) if ok]
+            key_log.write(json.dumps({"step": step, "epoch": batches[0]["epoch"], "keys": keys}) + "\n")
+            key_log.flush()
         if state["consecutive_skips"] >= cfg.training.max_consecutive_skipped_steps:
             log.error("%d consecutive steps with non-finite gradients: aborting",
                       state["consecutive_skips"])
@@ -236,6 +263,8 @@ def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state
             exit_code = EXIT_PREEMPTED
             break
     writer.close()
+    if key_log is not None:
+        key_log.close()
     return exit_code
 
 
@@ -252,8 +281,9 @@ def train_step(engine, cfg: RunConfig, micros: list, scale: float, step: int,
         layerdrop = E.make_generator("cpu", cfg.training.seed, E.LAYERDROP, step, i)
         micro_loss, micro_stats = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask,
                                          layerdrop, mb.extras)
-        if E.injected_nan(step, rank):
-            micro_loss = micro_loss * float("nan")
+        poison = E.injected_poison(step, rank)
+        if poison is not None:
+            micro_loss = micro_loss * poison
         engine.backward(micro_loss * scale)
         engine.step()
         loss_sum += micro_loss.detach().double()
@@ -276,6 +306,6 @@ def save(engine, ckpt: CheckpointManager, cfg: RunConfig, state: dict, streams: 
 if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:  # before any work: bad config or --resume
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)

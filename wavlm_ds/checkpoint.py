@@ -4,9 +4,9 @@ Layout of one checkpoint (`<root>/<tag>/`): DeepSpeed's own files, one
 `trainer_state_rank{r}.pt` per rank (data position, RNG states: DeepSpeed's `client_state`
 is written by data-parallel rank 0 only and read by every rank, so it cannot carry them),
 and `manifest.json` (every file with size and sha256), committed by rank 0 only after
-every rank reported success. `latest` is replaced atomically after the manifest, so a
-crash at any point leaves `latest` naming a complete checkpoint (or the previous one);
-loading verifies the manifest and falls back to the newest complete checkpoint.
+every rank reported success. `latest` (for DeepSpeed's tools) is replaced atomically after
+the manifest. `--resume auto` loads the newest checkpoint whose manifest verifies, so a crash
+at any point of a save loses at most that save.
 
 Every file is loaded with `weights_only=True` inside `torch.serialization.safe_globals`
 listing the exact DeepSpeed classes its optimizer states need (DeepSpeed's own loader uses
@@ -22,6 +22,8 @@ import os
 import re
 import shutil
 import signal
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +38,45 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 LATEST = "latest"
 TAG_RE = re.compile(r"^step(\d{8})$")
-FAULT_ENV = "WAVLM_DS_FAULT"  # "<phase>" or "<phase>@<rank>": SIGKILL self there (tests)
+FAULT_ENV = "WAVLM_DS_FAULT"  # see fault_point
+FAULT_DIR_ENV = "WAVLM_DS_FAULT_DIR"
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
+_phase_counts: Counter = Counter()
+
+
 def fault_point(phase: str, rank: int) -> None:
-    """Fault-injection hook: the reliability tests kill a rank at a named save phase."""
+    """Fault-injection hook for the reliability tests (tests/reliability).
+
+    WAVLM_DS_FAULT is a comma-separated list of `phase[@rank][:action]`. Phases: the save
+    phases (after_first_file, after_all_shards, before_manifest, after_manifest,
+    before_latest, after_latest), `step<N>` (start of optimizer step N) and `eval` (start of
+    a validation pass); `phase#K` fires the K-th time this process reaches it. Actions:
+    `kill` (default: SIGKILL this process) or `pause<S>` (touch `<phase>.<rank>.paused` in
+    $WAVLM_DS_FAULT_DIR, then sleep S seconds, so that a test can send a signal there).
+    """
     spec = os.environ.get(FAULT_ENV, "")
     if not spec:
         return
-    name, _, only_rank = spec.partition("@")
-    if name == phase and (not only_rank or int(only_rank) == rank):
-        os.kill(os.getpid(), signal.SIGKILL)
+    _phase_counts[phase] += 1
+    for item in filter(None, spec.split(",")):
+        where, _, action = item.partition(":")
+        name, _, only_rank = where.partition("@")
+        name, _, nth = name.partition("#")
+        if name != phase or (only_rank and int(only_rank) != rank):
+            continue
+        if nth and int(nth) != _phase_counts[phase]:
+            continue
+        if action.startswith("pause"):
+            marker = Path(os.environ.get(FAULT_DIR_ENV, ".")) / f"{phase}.{rank}.paused"
+            marker.touch()
+            time.sleep(float(action[len("pause"):] or 5))
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _safe_globals() -> list:
@@ -81,7 +107,8 @@ class SafeCheckpointEngine(TorchCheckpointEngine):
     def save(self, state_dict: Any, path: str) -> None:
         super().save(state_dict, path)
         self.written.append(path)
-        fault_point("after_first_file", self.rank)
+        if len(self.written) == 1:
+            fault_point("after_first_file", self.rank)
 
     def load(self, path: str, map_location: Any = None) -> Any:
         return safe_load(path, map_location=map_location)
@@ -161,6 +188,8 @@ class CheckpointManager:
         dist.all_gather_object(gathered, {"error": repr(error) if error else None, "files": entries})
         failures = [f"rank {r}: {g['error']}" for r, g in enumerate(gathered) if g["error"]]
         if failures:
+            if self.rank == 0 and not (ckpt_dir / MANIFEST).exists():
+                shutil.rmtree(ckpt_dir, ignore_errors=True)  # free the space it took
             raise CheckpointError(f"checkpoint {ckpt_dir} failed, previous checkpoint kept: "
                                   + "; ".join(failures))
         if self.rank == 0:
@@ -210,15 +239,12 @@ class CheckpointManager:
             return []
         return [p.name for p in self.root.iterdir() if p.is_dir() and TAG_RE.match(p.name)]
 
-    def find_latest_valid(self) -> str | None:
-        """The tag `latest` names if complete, else the newest complete checkpoint."""
-        latest = self.root / LATEST
-        candidates = sorted(self._tags(), reverse=True)
-        if latest.is_file():
-            named = latest.read_text().strip()
-            candidates = [named] + [t for t in candidates if t != named]
-        for tag in candidates:
-            problem = verify_checkpoint(self.root / tag)
+    def find_latest_valid(self, verify: bool = True) -> str | None:
+        """The newest complete checkpoint. A manifest is written only after every rank
+        saved, so it marks completeness even when a crash left `latest` one save behind;
+        with verify, every file's size and sha256 are checked too."""
+        for tag in sorted(self._tags(), reverse=True):
+            problem = verify_checkpoint(self.root / tag, full=verify)
             if problem is None:
                 return tag
             log.warning("skipping checkpoint %s: %s", tag, problem)

@@ -167,6 +167,9 @@ class LoggingConfig:
     tensorboard: bool = True
     csv: bool = True
     progress_bar: bool = True
+    # Append the keys of the samples each optimizer step consumed to
+    # <run-dir>/sample_keys/rank<r>.jsonl (an audit trail of exactly what was trained on).
+    log_sample_keys: bool = False
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from wavlm_ds.ops.span_mask import fairseq_span_mask, span_mask
 
 # Stream names keep generators of different purposes independent for the same step.
 MASK, MIX, LAYERDROP, EVAL_MASK, DROPOUT, OBJECTIVE, NOISE = 1, 2, 3, 4, 5, 6, 7
-NAN_ENV = "WAVLM_DS_INJECT_NAN"  # "<step>@<rank>[,<step>@<rank>...]": fault injection (tests)
+NAN_ENV = "WAVLM_DS_INJECT_NAN"  # see injected_poison
 
 
 def seed_for(seed: int, *keys: int) -> int:
@@ -155,7 +155,11 @@ def global_sum(values: list[torch.Tensor | float], device: torch.device | str = 
     return packed
 
 
-def injected_nan(step: int, rank: int) -> bool:
-    """Fault injection for the numerics tests: poison this rank's loss at given steps."""
-    spec = os.environ.get(NAN_ENV, "")
-    return f"{step}@{rank}" in spec.split(",")
+def injected_poison(step: int, rank: int) -> float | None:
+    """Fault injection for the numerics tests: the factor (nan or inf) to multiply this
+    rank's loss by at this step, or None. Spec: "<step>@<rank>[:inf],..." (default nan)."""
+    for item in filter(None, os.environ.get(NAN_ENV, "").split(",")):
+        where, _, kind = item.partition(":")
+        if where == f"{step}@{rank}":
+            return float(kind or "nan")
+    return None

@@ -13,27 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.conftest import corpus_overrides, launch, metrics
+from tests.integration.conftest import COMMON, corpus_overrides, ds_config, launch, metrics
 from wavlm_ds.checkpoint import LATEST, safe_load, verify_checkpoint
 from wavlm_ds.launch import ROOT, launcher_env, train_command
 
 pytestmark = pytest.mark.slow
-
-# Dropout, layerdrop and mixing on, 2 DataLoader workers: resume must still be bitwise.
-COMMON = ["model.dropout=0.1", "model.layerdrop=0.2", "data.mix_prob=0.5",
-          "data.num_workers=2", "training.eval_every_steps=1000", "data.max_duration_s=3.0"]
-
-
-def ds_config(stage: int = 2, **changes) -> dict:
-    ds = json.loads((ROOT / "ds_configs" / "cpu_smoke.json").read_text())
-    ds.update(train_batch_size=16, train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=4)
-    ds["zero_optimization"]["stage"] = stage
-    if stage == 0:  # DeepSpeed 0.19.8 has no bf16 + fp32-accumulation mode without ZeRO
-        ds.pop("data_types")
-    ds["scheduler"]["params"].update(total_num_steps=40, warmup_num_steps=4)
-    ds.update(changes)
-    return ds
-
 
 @pytest.fixture(scope="module")
 def reference(tiny_corpus, tmp_path_factory) -> Path:

@@ -9,6 +9,8 @@ import soundfile as sf
 import torch
 
 TARGET_RATE = 16000
+MIN_RATE, MAX_RATE, MAX_CHANNELS = 4000, 384000, 16
+MAX_SECONDS = 3600  # one member of a shard; training crops to data.max_duration_s anyway
 
 
 class AudioError(ValueError):
@@ -20,7 +22,18 @@ def decode_audio(data: bytes, source: str) -> tuple[np.ndarray, int]:
     if not data:
         raise AudioError(f"{source}: empty file")
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            # A damaged header can claim any rate or length, and soundfile allocates the
+            # claimed length up front: refuse implausible headers before reading.
+            if not MIN_RATE <= f.samplerate <= MAX_RATE or not 0 < f.channels <= MAX_CHANNELS:
+                raise AudioError(f"{source}: implausible header ({f.samplerate} Hz, "
+                                 f"{f.channels} channels)")
+            if f.frames > MAX_SECONDS * f.samplerate:
+                raise AudioError(f"{source}: header claims {f.frames / f.samplerate:.0f} s "
+                                 f"(> {MAX_SECONDS} s)")
+            samples, rate = f.read(dtype="float32", always_2d=True), f.samplerate
+    except AudioError:
+        raise
     except Exception as err:  # soundfile raises several types for corrupt input
         raise AudioError(f"{source}: cannot decode ({type(err).__name__}: {err})") from None
     return samples, int(rate)

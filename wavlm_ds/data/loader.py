@@ -180,7 +180,7 @@ class TrainLoader:
             yield from self._read(rng.choice(shards), stats)
 
     def _read(self, shard: Shard, stats: Counter) -> Iterator[Sample]:
-        return read_samples(shard.url, self.cfg, stats)
+        return read_samples(shard.url, self.cfg, stats, shard.num_samples)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -234,7 +234,8 @@ class EvalLoader:
     def __iter__(self) -> Iterator[dict]:
         stats: Counter = Counter()
         cfg = self.cfg
-        samples = (smp for sh in self.mine for smp in read_samples(sh.url, cfg, stats))
+        samples = (smp for sh in self.mine
+                   for smp in read_samples(sh.url, cfg, stats, sh.num_samples))
         for _ in range(self.num_batches):
             meta = [next(samples, None) for _ in range(self.batch_size)]
             wavs = [decode_crop(m, cfg, 0, 0, stats, random_crop=False) if m else None for m in meta]

@@ -73,9 +73,17 @@ class Slot:
     num_batches: int
 
 
-def read_tar(url: str, max_member_bytes: int, stats: Counter) -> Iterator[dict]:
-    """Group a tar's members by key; skip oversized members before reading them."""
+def read_tar(url: str, max_member_bytes: int, stats: Counter,
+             expected: int | None = None) -> Iterator[dict]:
+    """Group a tar's members by key; skip oversized members before reading them.
+
+    A damaged tar ends the shard: the sample being read is still yielded with the members
+    read completely (to_sample rejects it if one is missing). tarfile ends silently when a
+    tar is cut inside a header, so with `expected` (the index's sample count) the samples
+    that never appeared are counted as `lost_samples:<url>` too.
+    """
     current: dict = {}
+    seen = 0
     try:
         with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
@@ -86,6 +94,8 @@ def read_tar(url: str, max_member_bytes: int, stats: Counter) -> Iterator[dict]:
                 if current and current["__key__"] != key:
                     yield current
                     current = {}
+                if not current:
+                    seen += 1
                 current["__key__"] = key
                 if member.size > max_member_bytes:
                     stats[f"member_too_large:{url}:{key}"] += 1
@@ -95,9 +105,12 @@ def read_tar(url: str, max_member_bytes: int, stats: Counter) -> Iterator[dict]:
     except (tarfile.TarError, OSError, EOFError) as err:
         stats[f"truncated_shard:{url}"] += 1
         log.warning("shard %s is damaged (%s): skipping its remaining samples", url, err)
-        return  # the partial current sample is dropped
     if current:
         yield current
+    if expected is not None and seen < expected:
+        stats[f"lost_samples:{url}"] += expected - seen
+        log.warning("shard %s: %d of the %d samples its index lists are missing (truncated?)",
+                    url, expected - seen, expected)
 
 
 def _open(url: str):
@@ -135,14 +148,16 @@ def to_sample(raw: dict, url: str, cfg: DataConfig, stats: Counter) -> Sample | 
     return Sample(key, url, duration, raw[ext], ext, labels)
 
 
-def read_samples(url: str, cfg: DataConfig, stats: Counter) -> Iterator[Sample]:
+def read_samples(url: str, cfg: DataConfig, stats: Counter,
+                 expected: int | None = None) -> Iterator[Sample]:
     """Samples of one shard, with members of its sidecar shard (same file name under
-    data.label_sidecar_dir) joined by key; metadata only, nothing decoded."""
+    data.label_sidecar_dir) joined by key; metadata only, nothing decoded. `expected`: the
+    index's sample count, to count samples lost to truncation."""
     sidecar: dict[str, dict] = {}
     if cfg.label_sidecar_dir:
         path = f"{cfg.label_sidecar_dir.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
         sidecar = {raw["__key__"]: raw for raw in read_tar(path, cfg.max_member_bytes, stats)}
-    for raw in read_tar(url, cfg.max_member_bytes, stats):
+    for raw in read_tar(url, cfg.max_member_bytes, stats, expected):
         extra = sidecar.get(raw["__key__"], {})
         sample = to_sample({**extra, **raw}, url, cfg, stats)
         if sample is not None:
