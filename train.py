@@ -209,62 +209,67 @@ def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state
         (run_dir / "sample_keys").mkdir(parents=True, exist_ok=True)
         key_log = open(run_dir / "sample_keys" / f"rank{rank}.jsonl", "a")
     exit_code = 0
-    for step in range(state["step"] + 1, max_steps + 1):
-        fault_point(f"step{step}", rank)
-        t0 = time.perf_counter()
-        batches = [next(data_iter) for _ in range(accum)]
-        micros = [E.prepare_micro(b, cfg, device, step, i, rank,
-                                  noise=next(noise_iter) if noise_iter else None)
-                  for i, b in enumerate(batches)]
-        count = E.global_sum([sum(objective.count(mb.mask) for mb in micros)], device)[0].item()
-        lr = engine.get_lr()[0]
-        loss_sum, stats = train_step(engine, cfg, micros, accum * world / max(count, 1.0), step, rank)
-        applied = engine.was_step_applied()
-        state["consecutive_skips"] = 0 if applied else state["consecutive_skips"] + 1
-        state["skipped_total"] += 0 if applied else 1
-        names = sorted(stats)
-        totals = E.global_sum([loss_sum, float(stop.requested),
-                               sum(mb.audio_seconds for mb in micros),
-                               float(sum(mb.features.shape[0] for mb in micros)),
-                               sum(mb.mask.sum() for mb in micros),
-                               sum(mb.frame_lengths.sum() for mb in micros)]
-                              + [stats[k] for k in names], device)
-        step_time = time.perf_counter() - t0
-        if step % cfg.logging.log_every_steps == 0:
-            flops = sum(3 * forward_flops(cfg.model, mb.features.shape[1], mb.features.shape[0])
-                        for mb in micros)
-            tflops = flops / step_time / 1e12
-            writer.write(step, {
-                "loss": totals[0].item() / max(count, 1.0), "lr": lr,
-                "masked_fraction": totals[4].item() / max(totals[5].item(), 1.0),
-                "grad_norm": _float(engine.get_global_grad_norm()),
-                "skipped_steps": state["skipped_total"],
-                "samples_per_s": totals[3].item() / step_time,
-                "audio_s_per_s": totals[2].item() / step_time, "step_time_s": step_time,
-                "tflops_per_device": tflops, "mfu": mfu(tflops, peak),
-                **{k: totals[6 + i].item() / max(count, 1.0) for i, k in enumerate(names)}})
+    try:
+        for step in range(state["step"] + 1, max_steps + 1):
+            fault_point(f"step{step}", rank)
+            t0 = time.perf_counter()
+            batches = [next(data_iter) for _ in range(accum)]
+            micros = [E.prepare_micro(b, cfg, device, step, i, rank,
+                                      noise=next(noise_iter) if noise_iter else None)
+                      for i, b in enumerate(batches)]
+            count = E.global_sum([sum(objective.count(mb.mask) for mb in micros)], device)[0].item()
+            lr = engine.get_lr()[0]
+            loss_sum, stats = train_step(engine, cfg, micros, accum * world / max(count, 1.0), step, rank)
+            applied = engine.was_step_applied()
+            state["consecutive_skips"] = 0 if applied else state["consecutive_skips"] + 1
+            state["skipped_total"] += 0 if applied else 1
+            names = sorted(stats)
+            totals = E.global_sum([loss_sum, float(stop.requested),
+                                   sum(mb.audio_seconds for mb in micros),
+                                   float(sum(mb.features.shape[0] for mb in micros)),
+                                   sum(mb.mask.sum() for mb in micros),
+                                   sum(mb.frame_lengths.sum() for mb in micros)]
+                                  + [stats[k] for k in names], device)
+            step_time = time.perf_counter() - t0
+            if step % cfg.logging.log_every_steps == 0:
+                flops = sum(3 * forward_flops(cfg.model, mb.features.shape[1], mb.features.shape[0])
+                            for mb in micros)
+                tflops = flops / step_time / 1e12
+                writer.write(step, {
+                    "loss": totals[0].item() / max(count, 1.0), "lr": lr,
+                    "masked_fraction": totals[4].item() / max(totals[5].item(), 1.0),
+                    "grad_norm": _float(engine.get_global_grad_norm()),
+                    "skipped_steps": state["skipped_total"],
+                    "samples_per_s": totals[3].item() / step_time,
+                    "audio_s_per_s": totals[2].item() / step_time, "step_time_s": step_time,
+                    "tflops_per_device": tflops, "mfu": mfu(tflops, peak),
+                    **{k: totals[6 + i].item() / max(count, 1.0) for i, k in enumerate(names)}})
+            if key_log is not None:
+                keys = [k for b in batches for k, ok in zip(b["keys"], b["valid"].tolist()) if ok]
+                key_log.write(json.dumps({"step": step, "epoch": batches[0]["epoch"], "keys": keys}) + "\n")
+                key_log.flush()
+            if state["consecutive_skips"] >= cfg.training.max_consecutive_skipped_steps:
+                log.error("%d consecutive steps with non-finite gradients: aborting",
+                          state["consecutive_skips"])
+                exit_code = EXIT_NONFINITE
+                break
+            if streams.valid is not None and (step % cfg.training.eval_every_steps == 0
+                                              or step == max_steps):
+                writer.write(step, evaluate(engine, cfg, streams.valid, rank, device), prefix="valid")
+            stopping = totals[1].item() > 0
+            if stopping or step % cfg.training.save_every_steps == 0 or step == max_steps:
+                save(engine, ckpt, cfg, state, streams, step)
+            if stopping:
+                log.warning("stop signal: checkpoint saved at step %d, exiting", step)
+                exit_code = EXIT_PREEMPTED
+                break
+    finally:  # DataLoader workers ignore SIGTERM: shut them down before exiting,
+        data_iter.close()  # also when a save failed (else exit would wait forever)
+        if noise_iter is not None:
+            noise_iter.close()
+        writer.close()
         if key_log is not None:
-            keys = [k for b in batches for k, ok in zip(b["keys"], b["valid"].tolist()) if ok]
-            key_log.write(json.dumps({"step": step, "epoch": batches[0]["epoch"], "keys": keys}) + "\n")
-            key_log.flush()
-        if state["consecutive_skips"] >= cfg.training.max_consecutive_skipped_steps:
-            log.error("%d consecutive steps with non-finite gradients: aborting",
-                      state["consecutive_skips"])
-            exit_code = EXIT_NONFINITE
-            break
-        if streams.valid is not None and (step % cfg.training.eval_every_steps == 0
-                                          or step == max_steps):
-            writer.write(step, evaluate(engine, cfg, streams.valid, rank, device), prefix="valid")
-        stopping = totals[1].item() > 0
-        if stopping or step % cfg.training.save_every_steps == 0 or step == max_steps:
-            save(engine, ckpt, cfg, state, streams, step)
-        if stopping:
-            log.warning("stop signal: checkpoint saved at step %d, exiting", step)
-            exit_code = EXIT_PREEMPTED
-            break
-    writer.close()
-    if key_log is not None:
-        key_log.close()
+            key_log.close()
     return exit_code
 
 

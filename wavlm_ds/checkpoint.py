@@ -190,8 +190,9 @@ class CheckpointManager:
         if failures:
             if self.rank == 0 and not (ckpt_dir / MANIFEST).exists():
                 shutil.rmtree(ckpt_dir, ignore_errors=True)  # free the space it took
-            raise CheckpointError(f"checkpoint {ckpt_dir} failed, previous checkpoint kept: "
-                                  + "; ".join(failures))
+            free = shutil.disk_usage(self.root).free / 2**20  # torch hides ENOSPC in its errors
+            raise CheckpointError(f"checkpoint {ckpt_dir} failed, previous checkpoint kept "
+                                  f"({free:.1f} MiB free on {self.root}): " + "; ".join(failures))
         if self.rank == 0:
             self._commit(ckpt_dir, [e for g in gathered for e in g["files"]], step)
         dist.barrier()

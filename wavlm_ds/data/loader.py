@@ -8,8 +8,10 @@ number of batches used only to reseed).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import multiprocessing.util  # registers its exit handler before ours (see below)
 import random
 import signal
 from collections import Counter
@@ -100,20 +102,39 @@ class _SlotStream(IterableDataset):
             if i < skip:
                 continue  # replay: metadata only, no decoding
             meta = meta + [None] * (L.batch_size - len(meta))  # a short slot fills invalid rows
+            if i == slot.num_batches - 1 and not L.cfg.resampled:  # count what the epoch
+                stats["dropped_by_balancing"] += sum(len(b) for b in batches)  # leaves unread
             stats["filled_invalid"] += sum(m is None for m in meta)
             wavs = [decode_crop(m, L.cfg, L.seed, self.epoch, stats) if m else None for m in meta]
             batch = collate(wavs, [m.key if m else "" for m in meta], self.epoch)
             stats["padded_samples"] += batch["audio"].numel()
             stats["audio_samples"] += int(batch["lengths"][batch["valid"]].sum())
-            batch["stats"], stats = dict(stats), Counter()
+            batch["stats"] = dict(stats)
+            stats.clear()  # the sample generator holds this very Counter: never rebind it
             yield batch
 
 
 def _worker_init(worker_id: int) -> None:
-    # The trainer decides when to stop; the launcher signals the whole process tree.
+    # The trainer decides when to stop; the launcher signals the whole process tree, and
+    # the trainer still needs batches until it has saved.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     torch.set_num_threads(1)
+
+
+def _kill_workers_at_exit() -> None:
+    """Workers ignore SIGTERM, which is how multiprocessing's own exit handler stops
+    daemonic children before joining them: an exit with live workers (an exception, a
+    failed save) would wait forever. Registered after multiprocessing's handler, so it runs
+    first (atexit is last-in, first-out)."""
+    children = multiprocessing.active_children()
+    if children:  # torch's SIGCHLD handler would report these kills as worker failures
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+
+
+atexit.register(_kill_workers_at_exit)
 
 
 class TrainLoader:

@@ -17,8 +17,9 @@ not depend on order at all.
 
 Equal batch counts: each (rank, worker) slot yields exactly K batches per epoch, K computed
 from the index without communication, so every rank takes the same number of steps and no
-collective can hang. Samples beyond K x batch in a slot are dropped and counted; a slot
-that runs short (filtered or corrupt samples) fills with invalid rows.
+collective can hang. Samples beyond K x batch in a slot are dropped and counted
+(`dropped_by_balancing`, read as metadata at the end of the slot's epoch); a slot that runs
+short (filtered or corrupt samples) fills with invalid rows (`filled_invalid`).
 
 Resume: the state is the number of batches handed to the trainer in the current epoch. The
 DataLoader always restarts its round-robin at worker 0, so on resume worker k plays role
