@@ -20,6 +20,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from wavlm_ds import shm
 from wavlm_ds.checkpoint import SafeCheckpointEngine
 from wavlm_ds.config import RunConfig, SourceConfig
 from wavlm_ds.data import TrainLoader, mix_utterances
@@ -52,7 +53,12 @@ def dist_env() -> tuple[int, int, int]:
 
 
 def init_distributed(timeout_s: int) -> None:
+    """Join the process group; on CPU, local rank 0 first removes orphaned shm buffers and
+    every rank unlinks its own at exit (wavlm_ds.shm: DeepSpeed never does)."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        shm.sweep()
     deepspeed.init_distributed(timeout=datetime.timedelta(seconds=timeout_s))
+    shm.release_at_exit()
 
 
 def param_groups(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[dict]:
@@ -77,6 +83,7 @@ def build_engine(cfg: RunConfig, ds_config: dict, rank: int) -> Any:
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.training.no_decay_patterns),
         config=ds_config)
+    shm.release_at_exit()  # deepspeed.initialize may have joined the process group itself
     engine.checkpoint_engine = SafeCheckpointEngine(engine._config, rank)
     return engine
 
@@ -137,8 +144,11 @@ def noise_loader(cfg: RunConfig, batch_size: int, rank: int, world: int) -> Trai
     """An infinite stream of noise crops for mixing (data.noise_shards), or None."""
     if not cfg.data.noise_shards or cfg.data.mix_prob == 0:
         return None
+    # Noise has no frame labels: with data.label_member kept, every noise sample would be
+    # skipped and the infinite stream would never yield a batch.
     noise_cfg = dataclasses.replace(cfg.data, sources=(SourceConfig("noise", cfg.data.noise_shards),),
-                                    resampled=True, num_workers=0, min_duration_s=0.1, mix_prob=0.0)
+                                    resampled=True, num_workers=0, min_duration_s=0.1, mix_prob=0.0,
+                                    label_member="", label_sidecar_dir="")
     return TrainLoader(noise_cfg, batch_size, rank, world, seed_for(cfg.training.seed, NOISE))
 
 

@@ -17,6 +17,11 @@ OPS = ("FusedAdamBuilder", "ShareMemCommBuilder")
 def main() -> int:
     from deepspeed.accelerator import get_accelerator
 
+    from wavlm_ds import shm
+
+    removed, freed = shm.sweep()  # orphaned CPU all-reduce buffers hold RAM the compiler needs
+    if removed:
+        print(f"removed {removed} orphaned DeepSpeed shm buffers ({freed / 2**20:.0f} MiB)")
     accel = get_accelerator()
     print(f"accelerator={accel.device_name()} "
           f"TORCH_EXTENSIONS_DIR={os.environ.get('TORCH_EXTENSIONS_DIR', '<torch default>')}")

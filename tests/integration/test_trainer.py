@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.integration.conftest import COMMON, corpus_overrides, ds_config, launch, metrics
+from wavlm_ds import shm
 from wavlm_ds.checkpoint import LATEST, safe_load, verify_checkpoint
 from wavlm_ds.launch import ROOT, launcher_env, train_command
 
@@ -22,10 +23,18 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def reference(tiny_corpus, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("reference")
+    before = set(shm.SHM_DIR.glob(shm.PREFIX + "*"))
     code = launch(run, tiny_corpus, COMMON + ["training.max_steps=9",
                                                "training.save_every_steps=100"], ds_config())
     assert code == 0, (run / "launch_ds_0.log").read_text()[-3000:]
+    leftover = sorted(str(p) for p in set(shm.SHM_DIR.glob(shm.PREFIX + "*")) - before)
+    (run / "shm_leftover.json").write_text(json.dumps(leftover))
     return run
+
+
+def test_ranks_release_their_shm_buffers(reference):
+    # DeepSpeed's CPU comm maps a 66 MiB /dev/shm file per rank and never unlinks it.
+    assert json.loads((reference / "shm_leftover.json").read_text()) == []
 
 
 def test_lr_follows_deepspeed_warmup_cosine(reference):
