@@ -48,6 +48,7 @@ from wavlm_ds.data.spec import Shard
 log = logging.getLogger(__name__)
 SR = 16000
 CROP_ALIGN = 320  # crop offsets on 20 ms boundaries, so frame-rate labels crop exactly
+LABEL_TOLERANCE = 2  # label-count disagreement (frames) still accepted, padded with -1
 AUDIO_EXTS = ("flac", "wav")
 
 
@@ -187,12 +188,18 @@ def decode_crop(sample: Sample, cfg: DataConfig, seed: int, epoch: int, stats: C
     return wav
 
 
+def label_frames(num_samples: int) -> int:
+    """Labels of n samples: one per 20 ms encoder frame, ceil((1 + n // 160) / 2) (htk
+    log-Mel frames, 10 ms hop with centre padding, stacked by 2)."""
+    return -(-(1 + num_samples // 160) // 2)
+
+
 def crop_labels(sample: Sample, num_samples: int, start: int, stats: Counter) -> np.ndarray | None:
     """The labels of the cropped audio: frames [start/320, ...), one per encoder frame.
 
-    Label files hold ceil((1 + n // 160) / 2) int labels for n samples (20 ms frames, as the
-    encoder sees them); up to 2 frames of disagreement are tolerated (padding with -1),
-    more is an error for that sample.
+    Label files hold label_frames(n) int labels for n samples; up to LABEL_TOLERANCE frames
+    of disagreement are tolerated (padding with -1), more is an error for that sample: it
+    is skipped, counted as `label_mismatch:<shard>:<key>` and logged with the numbers.
     """
     try:
         labels = np.load(io.BytesIO(sample.labels), allow_pickle=False).astype(np.int64).ravel()
@@ -201,13 +208,15 @@ def crop_labels(sample: Sample, num_samples: int, start: int, stats: Counter) ->
         log.warning("%s:%s: unreadable labels (%s)", sample.shard, sample.key, err)
         return None
     full = round(sample.duration_s * SR)
-    expected = -(-(1 + full // 160) // 2)
-    if abs(len(labels) - expected) > 2:
+    expected = label_frames(full)
+    if abs(len(labels) - expected) > LABEL_TOLERANCE:
         stats[f"label_mismatch:{sample.shard}:{sample.key}"] += 1
-        log.warning("%s:%s: %d labels for %d expected frames; skipped", sample.shard,
-                    sample.key, len(labels), expected)
+        log.warning("sample %s of shard %s: %d labels, but its %.3f s (%d samples) have %d "
+                    "encoder frames of 20 ms (tolerance %d): skipped; labels must be one per "
+                    "20 ms frame, e.g. from tools/kmeans_labels.py", sample.key, sample.shard,
+                    len(labels), sample.duration_s, full, expected, LABEL_TOLERANCE)
         return None
-    first, count = start // CROP_ALIGN, -(-(1 + num_samples // 160) // 2)
+    first, count = start // CROP_ALIGN, label_frames(num_samples)
     out = np.full(count, -1, dtype=np.int64)
     piece = labels[first:first + count]
     out[: len(piece)] = piece
@@ -226,7 +235,7 @@ def collate(items: list, keys: list[str], epoch: int) -> dict:
     batch = {"audio": audio, "lengths": torch.tensor(lengths, dtype=torch.long),
              "valid": torch.tensor([w is not None for w in wavs]), "keys": keys, "epoch": epoch}
     if with_labels:  # (B, T_enc) int64, -1 on padding, T_enc of the padded batch
-        frames = -(-(1 + audio.shape[1] // 160) // 2)
+        frames = label_frames(audio.shape[1])
         labels = torch.full((len(items), frames), -1, dtype=torch.long)
         for i, x in enumerate(items):
             if isinstance(x, tuple):

@@ -166,10 +166,13 @@ def _batches(lengths: Sequence[int], max_samples: int) -> list[list[int]]:
 
 
 def extract(upstream: Upstream, keys: Sequence[str], audios: Sequence[np.ndarray],
-            batch_seconds: float = 60.0, desc: str = "features") -> Features:
-    """Run the frozen upstream over mono 16 kHz utterances; return per-utterance layers."""
+            batch_seconds: float = 60.0, desc: str = "features",
+            layer: int | None = None) -> Features:
+    """Run the frozen upstream over mono 16 kHz utterances; return per-utterance layers
+    (only layer `layer` when given, e.g. for k-means targets, to keep memory at one layer)."""
     if not audios:
         raise EvalError(f"{desc}: no utterances to extract features from")
+    keep = slice(None) if layer is None else slice(layer, layer + 1)
     lengths = [int(a.shape[0]) for a in audios]
     out: list[torch.Tensor | None] = [None] * len(audios)
     batches = _batches(lengths, int(batch_seconds * 16000))
@@ -179,8 +182,12 @@ def extract(upstream: Upstream, keys: Sequence[str], audios: Sequence[np.ndarray
         for row, i in enumerate(batch):
             wav[row, :lengths[i]] = torch.from_numpy(np.asarray(audios[i], np.float32))
         layers, frame_lengths = upstream(wav, torch.tensor([lengths[i] for i in batch]))
+        if layer is not None and not 0 <= layer < layers.shape[0]:
+            raise EvalError(f"{upstream.name}: layer {layer} does not exist; it has "
+                            f"{layers.shape[0]} layer outputs (0 = block input, "
+                            f"{layers.shape[0] - 1} = last)")
         for row, i in enumerate(batch):
-            out[i] = layers[:, row, :int(frame_lengths[row])].clone()  # (L, T_i, D)
+            out[i] = layers[keep, row, :int(frame_lengths[row])].clone()  # (L, T_i, D)
     expected = [num_frames(n, upstream.stack, upstream.logmel_mode) for n in lengths]
     got = [int(t.shape[1]) for t in out]
     if got != expected:

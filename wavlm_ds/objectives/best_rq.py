@@ -6,12 +6,18 @@ and matched by cosine to a frozen random codebook (codebook_size x codebook_dim,
 l2-normalized); the index of the nearest code is the target of a softmax head. Projection
 and codebook are drawn from a generator seeded by the run seed, so every rank holds the
 same ones; they are persistent buffers, so checkpoints carry them and resume reuses them.
+The first forward of each process logs a fingerprint of the quantizer it computes targets
+with (after any checkpoint load), so a run's log shows that all ranks, before and after a
+resume, used the same one.
 
 An encoder frame counts as masked when any of its input frames is masked (its input was
 replaced, at least in part, by the mask embedding); the loss is normalized by the global
 count of such frames (`count`).
 """
 from __future__ import annotations
+
+import hashlib
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,8 @@ from torch import nn
 from wavlm_ds.config import ModelConfig, ObjectiveConfig
 from wavlm_ds.model import EncoderOutput, stack_frames
 from wavlm_ds.objectives.base import Objective, ObjectiveOutput
+
+log = logging.getLogger(__name__)
 
 
 def encoder_frame_mask(mask: torch.Tensor, stride: int) -> torch.Tensor:
@@ -46,6 +54,14 @@ class BestRQ(Objective):
         self.register_buffer("codebook", codebook)  # (K, V, d) frozen, unit rows
         self.heads = nn.Linear(model_cfg.model_dim, cfg.num_codebooks * cfg.codebook_size)
         self.num_codebooks, self.codebook_size = cfg.num_codebooks, cfg.codebook_size
+        self.fingerprint_logged = False
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the fp32 projection and codebook: one device sync."""
+        h = hashlib.sha256()
+        for t in (self.projection, self.codebook):
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @torch.no_grad()
     def targets(self, clean: torch.Tensor) -> torch.Tensor:
@@ -60,6 +76,10 @@ class BestRQ(Objective):
 
     def forward(self, enc_out: EncoderOutput, targets: torch.Tensor, mask: torch.Tensor,
                 extras: dict[str, torch.Tensor] | None = None) -> ObjectiveOutput:
+        if not self.fingerprint_logged:  # once per process, after any checkpoint load
+            log.info("BEST-RQ targets: quantizer sha256 %s (%d x %d codebook)", self.fingerprint(),
+                     self.codebook_size, self.codebook.shape[-1])
+            self.fingerprint_logged = True
         codes = self.targets(targets)  # (B, T_enc, K)
         B, T_enc, K = codes.shape
         V = self.codebook_size
