@@ -92,7 +92,7 @@ def launch(run_dir: Path, corpus: dict[str, Path], overrides: list[str], ds_conf
            env: dict[str, str] | None = None, resume: str = "auto") -> int:
     """Run train.py through the real deepspeed launcher on hostfiles/localhost (2 ranks)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    ds_path = run_dir / f"ds_{len(list(run_dir.glob('ds_*.json')))}.json"
+    ds_path = run_dir / f"ds_{len(list(run_dir.glob('launch_ds_*.log')))}.json"
     ds_path.write_text(json.dumps(ds_config))
     base = corpus_overrides(corpus)
     cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, run_dir, base + overrides, resume)
