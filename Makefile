@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 SYSPKG_STAMP := $(VENV)/.syspkgs
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval clean
+.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval compare clean
 
 setup: $(STAMP) $(SYSPKG_STAMP)
 
@@ -71,6 +71,11 @@ bench: setup ops $(BENCH_CORPUS)/train/index.json
 	    --noise $(BENCH_CORPUS)/noise/index.json --json runs/bench/data.json
 	$(PY) tools/bench_overhead.py --preset base --seconds 1 --micro 1 --accum 4 --steps 3 \
 	    --warmup 1 --threads 2 --json runs/bench/overhead.json
+
+# The three objectives (reconstruction, BEST-RQ, k-means) on the demo corpus, same steps,
+# both probes each: the README's comparison table (runs/compare/results.md).
+compare: setup ops
+	$(PY) tools/compare_objectives.py --run-dir runs/compare --corpus $(DEMO_DIR)/corpus
 
 # Downstream probes (ASR WER/CER, F0-RMSE) of the demo export vs the log-Mel baseline.
 eval: setup

@@ -130,12 +130,15 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
     engine.eval()
     objective = engine.module.objective
     with_baselines = cfg.objective.name == "reconstruction"
-    sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(4)]
+    sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(5)]
     with torch.no_grad():
         for i, batch in enumerate(loader):
             mb = E.prepare_micro(batch, cfg, device, step=0, micro=i, rank=rank, train=False)
-            loss_sum, _ = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask, None, mb.extras)
+            loss_sum, stats = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask, None,
+                                     mb.extras)
             sums[0] += loss_sum.double()
+            if "accuracy" in stats:  # discrete targets: hits summed over masked frames
+                sums[4] += stats["accuracy"].double()
             sums[3] += objective.count(mb.mask).double()
             if with_baselines:
                 base = baseline_loss_sums(mb.targets, mb.mask, mb.frame_lengths, cfg.objective.loss)
@@ -145,6 +148,8 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
     total = E.global_sum(sums, device)
     n = max(total[3].item(), 1.0)
     result = {"loss": total[0].item() / n, "count": total[3].item()}
+    if cfg.objective.name != "reconstruction":
+        result["accuracy"] = total[4].item() / n
     if with_baselines:
         result.update(baseline_zero=total[1].item() / n, baseline_interp=total[2].item() / n)
     return result

@@ -1,0 +1,183 @@
+"""Compare the three pretraining objectives on the same data, steps and probes.
+
+usage: python tools/compare_objectives.py [--run-dir runs/compare] [--corpus runs/demo/corpus]
+           [--steps 300] [--k 100] [--objectives reconstruction,best_rq,kmeans]
+           [--epochs 10] [--hidden 64]   (`make compare`)
+
+For each objective, the demo recipe (configs/demo.yaml + ds_configs/cpu_smoke.json, 2 CPU
+ranks through the deepspeed launcher, the same seed, data order and masks) pretrains for
+--steps optimizer steps, and the export goes through both downstream probes of
+tools/eval_report.py (CTC ASR, F0), next to the same probes on log-Mel. k-means targets
+are fitted first by tools/kmeans_labels.py on log-Mel of the train split (HuBERT's first
+iteration; --k clusters) and written as sidecar shards for train and validation. BEST-RQ
+uses its defaults (one 8192 x 16 codebook). Finished pieces are reused on a re-run (the
+corpus, the labels, each export), so an interrupted comparison continues where it stopped.
+
+Writes --run-dir/results.md (the README's table) and results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from demo import synthesize  # tools/demo.py
+from eval_asr import export_live  # tools/eval_asr.py
+from eval_f0 import TRACKER_BOUND_CENTS, checked_tracker  # tools/eval_f0.py
+from eval_report import COLUMNS, METRIC_KEYS, differences, evaluate  # tools/eval_report.py
+
+from wavlm_ds.eval import EvalError, cli
+from wavlm_ds.eval.asr import FIELD
+from wavlm_ds.eval.data import label_texts
+from wavlm_ds.eval.f0 import references
+from wavlm_ds.eval.pitch import TrackerConfig
+from wavlm_ds.eval.upstream import load_upstream, logmel_upstream
+from wavlm_ds.launch import ROOT, run_training, train_command
+
+OBJECTIVES = ("reconstruction", "best_rq", "kmeans")
+SHOWN = ("WER %", "CER %", "F0-RMSE cents", "GPE %", "V/UV error %")
+
+
+def objective_overrides(name: str, labels: Path, k: int) -> list[str]:
+    if name == "kmeans":
+        return ["objective.name=kmeans", f"objective.num_classes={k}",
+                "data.label_member=labels.npy", f"data.label_sidecar_dir={labels}"]
+    return [f"objective.name={name}"]
+
+
+def fit_labels(corpus: Path, labels: Path, k: int) -> None:
+    if (labels / "kmeans.json").is_file():
+        print(f"[compare] k-means labels exist: {labels}")
+        return
+    cmd = [sys.executable, str(ROOT / "tools" / "kmeans_labels.py"),
+           str(corpus / "train" / "index.json"), str(corpus / "validation" / "index.json"),
+           "--out", str(labels), "--k", str(k)]
+    print("[compare] $", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def pretrain(name: str, corpus: Path, out: Path, steps: int, labels: Path, k: int) -> dict:
+    """Train (or resume) one objective and export it; returns its last validation row."""
+    run_dir, export_dir = out / name / "run", out / name / "export"
+    if not (export_dir / "model.safetensors").is_file():
+        overrides = [f"data.sources=[{{name: synth, shards: {corpus / 'train' / 'index.json'}}}]",
+                     f"data.valid_shards={corpus / 'validation' / 'index.json'}",
+                     f"data.noise_shards={corpus / 'noise' / 'index.json'}",
+                     f"training.max_steps={steps}", "logging.progress_bar=false",
+                     *objective_overrides(name, labels, k)]
+        cmd = train_command(ROOT / "configs" / "demo.yaml", ROOT / "ds_configs" / "cpu_smoke.json",
+                            run_dir, overrides)
+        print(f"[compare] {name}: $", " ".join(cmd), f"  (log: {run_dir / 'train.log'})", flush=True)
+        start = time.time()
+        code = run_training(cmd, run_dir / "train.log")
+        if code != 0:
+            raise EvalError(f"{name}: training failed with exit code {code}; see "
+                            f"{run_dir / 'train.log'}")
+        print(f"[compare] {name}: trained in {time.time() - start:.0f} s", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "tools" / "export.py"), "model", str(run_dir),
+                        "--out", str(export_dir)], check=True, cwd=ROOT)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in rows if r["split"] == "valid"]
+    train = [r for r in rows if r["split"] == "train"]
+    return {"export": str(export_dir), "valid": valid[-1] if valid else None,
+            "steps": train[-1]["step"], "train_loss_first": train[0]["loss"],
+            "train_loss_last": train[-1]["loss"]}
+
+
+def markdown(runs: dict[str, dict], systems: dict[str, dict], diffs: dict[str, dict]) -> str:
+    head = ["upstream", "valid loss (own objective)", "valid accuracy", *SHOWN,
+            "WER vs log-Mel (paired)", "F0 cents vs log-Mel (paired)"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for label, res in systems.items():
+        cells = [cli.fmt(res["metrics"][METRIC_KEYS[c][0]][METRIC_KEYS[c][1]], COLUMNS[c][2],
+                         COLUMNS[c][3]) for c in SHOWN]
+        run = runs.get(label)
+        valid = run["valid"] if run else None
+        loss = f"{valid['loss']:.3f}" if valid else "-"
+        acc = f"{100 * valid['accuracy']:.1f} %" if valid and "accuracy" in valid else "-"
+        if label in diffs:
+            d = diffs[label]
+            extra = [cli.fmt(d["WER %"], 100, 1), cli.fmt(d["F0-RMSE cents"], 1, 0)]
+        else:
+            extra = ["-", "-"]
+        lines.append(f"| {label} | {loss} | {acc} | " + " | ".join(cells + extra) + " |")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run-dir", type=Path, default=Path("runs/compare"))
+    p.add_argument("--corpus", type=Path, default=Path("runs/demo/corpus"),
+                   help="synthesized (tools/synth_corpus.py, 400 utterances) if missing")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--k", type=int, default=100, help="k-means clusters (HuBERT iteration 1)")
+    p.add_argument("--objectives", default=",".join(OBJECTIVES))
+    cli.add_probe_args(p, epochs=10, hidden=64)
+    p.add_argument("--max-train-utts", type=int, default=0)
+    p.add_argument("--max-test-utts", type=int, default=0)
+    p.add_argument("--max-seconds", type=float, default=30.0)
+    args = p.parse_args(argv)
+    args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    unknown = [o for o in args.objectives if o not in OBJECTIVES]
+    if unknown:
+        p.error(f"--objectives: unknown {unknown}; choose from {', '.join(OBJECTIVES)}")
+    args.train, args.test = str(args.corpus / "train"), str(args.corpus / "test")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    cli.set_threads(args)
+    t0 = time.time()
+    out, corpus = args.run_dir.resolve(), args.corpus.resolve()
+    synthesize(corpus, 400)
+    labels = out / "labels"
+    if "kmeans" in args.objectives:
+        fit_labels(corpus, labels, args.k)
+    runs = {name: pretrain(name, corpus, out, args.steps, labels, args.k)
+            for name in args.objectives}
+
+    settings, tracker = cli.probe_settings(args), TrackerConfig()
+    check = checked_tracker(tracker, TRACKER_BOUND_CENTS)
+    splits = cli.load_splits(args)
+    ups = {name: load_upstream(run["export"], export_live) for name, run in runs.items()}
+    first = next(iter(ups.values()))
+    targets = {s.name: (label_texts(s, FIELD["chars"]),
+                        references([u.audio for u in s.utterances], first.stack,
+                                   first.logmel_mode, tracker, f"praat {s.name}"))
+               for s in splits}
+    systems = {name: evaluate(up, splits, targets, settings, args) for name, up in ups.items()}
+    systems["log-Mel baseline"] = evaluate(logmel_upstream(first.stack, first.logmel_mode),
+                                           splits, targets, settings, args)
+    base = systems["log-Mel baseline"]
+    diffs = {name: differences(systems[name], base, args.resamples, args.seed) for name in ups}
+    table = markdown(runs, systems, diffs)
+    train_info, test_info = (cli.split_info(s) for s in splits)
+    note = (f"Each objective: `configs/demo.yaml` ({first.info['num_layers']} x "
+            f"{first.info['model_dim']}, {first.info['parameters'] / 1e6:.2f}M parameters), "
+            f"{args.steps} steps on 2 CPU ranks, same seed and data; k-means: k={args.k} on "
+            f"log-Mel. Probes trained on {train_info['utterances']} utterances, scored on "
+            f"{test_info['utterances']} held-out utterances of other speakers; cells: value "
+            f"[95% CI] (bootstrap over test utterances, {args.resamples} resamples), lower is "
+            "better except accuracy. Validation losses are each objective's own (L1 on "
+            "log-Mel vs cross-entropy) and not comparable across rows. Elapsed "
+            f"{time.time() - t0:.0f} s.\n\nCommand: `{cli.command_line()}`")
+    md = table + "\n\n" + note + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(md)
+    cli.write_json(out / "results.json", {
+        "tool": "compare_objectives", "command": cli.command_line(), "runs": runs,
+        "metrics": {k: v["metrics"] for k, v in systems.items()}, "difference": diffs,
+        "settings": {"probe": settings.as_dict(), "tracker_self_check": check, "k": args.k,
+                     "steps": args.steps, "train": train_info, "test": test_info},
+        "elapsed_s": time.time() - t0})
+    print(md)
+    print(f"[compare] wrote {out / 'results.md'} and results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, sys.argv[1:]))
