@@ -118,7 +118,7 @@ def activation_bytes(m: ModelConfig, micro: int, num_input_frames: int, act_byte
     Backward (the peak is at the top block): the FFN's backward with the whole block saved
     (+ two bTf gradients), then attention's with the FFN part freed: on CUDA the q, k, v
     and output gradients 4 bTd; on CPU the blocked kernel's fp32 upcasts and gradients (7 x
-    4 bTd), its casts back 3 bTd and up to six fp32 (b, H, 128, T) score tiles; plus the gradient
+    4 bTd), its casts back 3 bTd and up to six fp32 (b, H, BLOCK, T) score tiles; plus the gradient
     flowing between blocks 2 bTd. With checkpointing the top block is recomputed first.
     """
     from wavlm_ds.ops.blocked_attention import BLOCK
@@ -146,7 +146,7 @@ def activation_bytes(m: ModelConfig, micro: int, num_input_frames: int, act_byte
     if cuda:
         attn_transient = 4 * s * bT * d
     else:  # fp32 score tiles: three of the last query block alive while the next one's
-        # three are built (five in one pass when T <= 128), int64 offsets
+        # three are built (five in one pass when T <= BLOCK), int64 offsets
         rows = 5 * T if T <= BLOCK else 3 * BLOCK + 3 * min(BLOCK, T - BLOCK)
         attn_transient = (28 * bT * d + 3 * s * bT * d + 4 * b * H * rows * T
                           + 8 * min(BLOCK, T) * T)
@@ -276,37 +276,11 @@ def measure_activations(cfg: RunConfig, micro: int, num_input_frames: int,
     (what was saved) and their peak over forward + backward (every tensor created by an
     operator counted once per storage until it is freed, as CUDA's memory_allocated does)."""
     import dataclasses
-    import weakref
 
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
 
     from wavlm_ds.engine import build_model
-
-    class LiveBytes(TorchDispatchMode):
-        def __init__(self, existing: list[torch.Tensor]) -> None:
-            super().__init__()
-            self.live = self.peak = 0
-            self.seen: dict[int, int] = {}
-            # Views of parameters, gradients and inputs (e.g. a weight's .t()) allocate nothing.
-            self.existing = {t.untyped_storage()._cdata for t in existing}
-
-        def _free(self, key: int) -> None:
-            self.live -= self.seen.pop(key, 0)
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                    storage = t.untyped_storage()
-                    key = storage._cdata
-                    if key not in self.seen and key not in self.existing:
-                        self.seen[key] = storage.nbytes()
-                        self.live += self.seen[key]
-                        self.peak = max(self.peak, self.live)
-                        weakref.finalize(storage, self._free, key)
-            return out
+    from wavlm_ds.memory import LiveBytes
 
     torch.manual_seed(seed)
     run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, layerdrop=0.0))
