@@ -9,8 +9,11 @@ GPU model + torch + triton version, see wavlm_ds/ops/gpu_gate.py). Checks:
 * attention: FlexAttention (score_mod = gate x rel_bias, key padding via block mask) vs
   the explicit-bias reference, outputs and gradients of q, k, v, gate and rel_bias
   (fp32 <= 1e-4, bf16 <= 2e-2 relative), plus timings;
-* no host sync: torch.cuda.set_sync_debug_mode("error") around the span masker and the
-  log-Mel fast path (any sync raises);
+* log-Mel: the fused Triton kernel (ops/triton_logmel.py) vs the gathered reference
+  (max abs <= 1e-3 on log values, a short row and a silent row included), plus timings
+  against the torch.stft path;
+* no host sync: torch.cuda.set_sync_debug_mode("error") around the span masker and both
+  log-Mel fast paths (any sync raises);
 * CPU-runnable parts (run everywhere): the blocked attention vs the reference, the masker's
   compiled core vs eager, the log-Mel fast path vs its reference.
 
@@ -89,12 +92,28 @@ def cuda_checks(device: torch.device) -> dict:
             fn(*tensors, pad).sum().backward()
         torch.cuda.synchronize()
         out[f"time_{name}_s"] = (time.perf_counter() - t0) / 5
+    audio, lens = torch.randn(4, 64000, device=device) * 0.1, torch.tensor(
+        [64000, 40001, 64000, 1000], device=device)
+    audio[2] = 0.0  # digital silence
+    fused, _ = log_mel(audio, lens, impl="triton")
+    ref, _ = log_mel(audio, lens, impl="reference")
+    out["logmel_triton_max_abs"] = err = (fused - ref).abs().max().item()
+    if err > 1e-3:
+        raise AssertionError(f"Triton log-Mel differs from the reference by {err:.2e} > 1e-3")
+    for name, impl in (("torch", "torch"), ("triton", "triton")):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            log_mel(audio, lens, impl=impl)
+        torch.cuda.synchronize()
+        out[f"time_logmel_{name}_s"] = (time.perf_counter() - t0) / 10
     lengths = torch.randint(100, 800, (64,), device=device)
     audio, lens = torch.randn(4, 64000, device=device), torch.full((4,), 64000, device=device)
     torch.cuda.set_sync_debug_mode("error")
     try:
         span_mask(lengths, 800, generator=torch.Generator(device=device).manual_seed(0))
-        log_mel(audio, lens)
+        log_mel(audio, lens, impl="torch")
+        log_mel(audio, lens, impl="triton")
     finally:
         torch.cuda.set_sync_debug_mode("default")
     out["no_host_sync"] = True
@@ -114,8 +133,9 @@ def main(argv: list[str]) -> int:
         except Exception as err:  # a failed parity check must disable, not crash
             report["cuda"] = {"error": f"{type(err).__name__}: {err}"}
             passed = False
-        report["record"] = str(gpu_gate.write_result(device, {"attention": passed}))
-        report["enabled"] = {"attention": passed}
+        ops = {"attention": passed, "logmel": passed}
+        report["record"] = str(gpu_gate.write_result(device, ops))
+        report["enabled"] = ops
     else:
         report["cuda"] = "skipped: no CUDA device; no fast path enabled"
         report["enabled"] = {}

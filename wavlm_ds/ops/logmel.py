@@ -20,7 +20,9 @@ finite features thanks to the log floor (and normalizes to 0).
 Implementation: the reference gathers every frame with one index tensor (per-row reflect
 or snip), windows it, applies torch.fft.rfft and one mel matmul; the fast htk path runs
 torch.stft on the batch and recomputes only the <= 3 frames per row that touch its end. No Python loop
-over rows and no host sync on CUDA (value checks become device asserts there).
+over rows and no host sync on CUDA (value checks become device asserts there). On CUDA,
+once the GPU self-test passed, htk mode runs the fused Triton kernel of
+ops/triton_logmel.py (framing, windowed DFT as matmuls, power, mel, log in one pass).
 """
 from __future__ import annotations
 
@@ -151,18 +153,30 @@ def log_mel(audio: torch.Tensor, lengths: torch.Tensor, mode: str = "htk",
             normalize: bool = True, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Batched log-Mel; see the module docstring.
 
-    impl: 'reference' gathers every frame explicitly; 'torch' (= 'auto') uses torch.stft for
-    htk mode (kaldi mode has one implementation, the gathered one).
+    impl: 'reference' gathers every frame explicitly; 'torch' uses torch.stft for htk mode
+    (kaldi mode has one implementation, the gathered one); 'triton' is the fused kernel
+    (htk, CUDA, or CPU under TRITON_INTERPRET=1); 'auto' picks 'triton' on a CUDA device
+    whose self-test passed (wavlm_ds.ops.gpu_gate, op 'logmel') or when forced, else 'torch'.
     """
     if mode not in ("htk", "kaldi"):
         raise ValueError(f"mode={mode!r}: use 'htk' or 'kaldi'")
-    if impl not in ("auto", "torch", "reference"):
-        raise ValueError(f"impl={impl!r}: use 'auto', 'torch' or 'reference'")
+    if impl not in ("auto", "torch", "reference", "triton"):
+        raise ValueError(f"impl={impl!r}: use 'auto', 'torch', 'reference' or 'triton'")
+    if impl == "triton" and mode != "htk":
+        raise ValueError("impl='triton' computes htk mode only; use impl='auto' for kaldi")
+    if impl == "auto" and mode == "htk" and audio.device.type == "cuda":
+        from wavlm_ds.ops import triton_logmel
+        from wavlm_ds.ops.gpu_gate import cuda_fast_path_enabled
+        if triton_logmel.available() and cuda_fast_path_enabled("logmel", audio.device):
+            impl = "triton"
     _check(audio, lengths, mode)
     frame_lengths = num_frames(lengths, mode)
     S = audio.shape[1]
     T = 1 + S // HOP if mode == "htk" else 1 + (S - WIN) // HOP  # the padded row's frames
-    if mode == "htk" and impl != "reference":
+    if impl == "triton":
+        from wavlm_ds.ops.triton_logmel import log_mel_htk_triton
+        feats = log_mel_htk_triton(audio, lengths, T)
+    elif mode == "htk" and impl != "reference":
         feats = _log_mel_htk_fast(audio, lengths, frame_lengths)
     else:
         feats = _log_mel_reference(audio, lengths, T, mode)
