@@ -69,8 +69,8 @@ bench: setup ops $(BENCH_CORPUS)/train/index.json
 	$(PY) tools/bench_ops.py --json runs/bench/ops.json
 	$(PY) tools/bench_data.py --speech $(BENCH_CORPUS)/train/index.json \
 	    --noise $(BENCH_CORPUS)/noise/index.json --json runs/bench/data.json
-	$(PY) tools/bench_overhead.py --preset base --seconds 1 --micro 1 --accum 4 --steps 3 \
-	    --warmup 1 --threads 2 --json runs/bench/overhead.json
+	$(PY) tools/bench_overhead.py --preset base --seconds 1 --micro 1 --accum 4 --steps 7 \
+	    --warmup 2 --threads 2 --json runs/bench/overhead.json
 
 # The three objectives (reconstruction, BEST-RQ, k-means) on the demo corpus, same steps,
 # both probes each: the README's comparison table (runs/compare/results.md).
