@@ -34,17 +34,23 @@ from wavlm_ds.ops.logmel import log_mel  # noqa: E402
 from wavlm_ds.ops.span_mask import span_mask  # noqa: E402
 
 
-def timeit(fns: dict[str, Callable], repeats: int, warmup: int = 3) -> dict[str, float]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+def interleaved(fns: dict[str, Callable], repeats: int, warmup: int = 3
+                ) -> dict[str, list[float]]:
+    """Every variant once per round, the order flipped every round, so that machine noise
+    hits all alike; warm-up rounds are dropped. Seconds per call, per variant."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for i in range(warmup + repeats):
+        for name in (names if i % 2 == 0 else names[::-1]):
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            fns[name]()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def timeit(fns: dict[str, Callable], repeats: int, warmup: int = 3) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in interleaved(fns, repeats, warmup).items()}
 
 
 def bench_logmel(repeats: int) -> dict:

@@ -20,10 +20,11 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from bench_ops import interleaved  # tools/bench_ops.py
 
 from wavlm_ds import engine as E
 from wavlm_ds.config import load_config
@@ -88,20 +89,6 @@ def bare_step(cfg, inputs: list[tuple], accum: int):
             for p, m in zip(model.parameters(), master):
                 p.copy_(m)
     return step
-
-
-def interleaved(steps: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Alternate the loops step by step (order flipped each round), so that machine noise
-    hits both alike; warm-up rounds are dropped."""
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    names = list(steps)
-    for i in range(warmup + repeats):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            steps[name]()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def main(argv: list[str]) -> int:
