@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from wavlm_ds.config import ConfigError, load_config
-from wavlm_ds.data.index import read_index
+from wavlm_ds.data.index import sources_hours
 from wavlm_ds.metrics import PEAK_TFLOPS
 from wavlm_ds.plan import GiB, Cluster, activation_bytes, measure_activations, plan
 from wavlm_ds.presets import get_preset
@@ -40,13 +40,7 @@ STEPS_RE = re.compile(r'("total_num_steps"\s*:\s*)(\d+)')
 
 def corpus_hours(cfg, fallback: float | None) -> tuple[float | None, str]:
     """Hours of the training sources from their indexes, else the --corpus-hours figure."""
-    total, missing = 0.0, []
-    for src in cfg.data.sources:
-        path = Path(str(src.shards))
-        if path.name != "index.json" or not path.is_file():
-            missing.append(src.name)
-            continue
-        total += sum(s.hours for s in read_index(path).shards)
+    total, missing = sources_hours(cfg.data.sources)
     if not missing:
         return total, "shard indexes"
     return fallback, (f"--corpus-hours (no index for {', '.join(missing)})" if fallback

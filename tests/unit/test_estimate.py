@@ -145,3 +145,17 @@ def test_cli_prints_the_plan_and_writes_steps(tmp_path):
     written = json.loads(ds_copy.read_text())["scheduler"]["params"]["total_num_steps"]
     assert written == result["budget"]["derived_total_num_steps"]
     assert ds_copy.read_text().count("\n") == RECIPE_DS.read_text().count("\n")  # layout kept
+
+
+def test_corpus_hours_from_indexes_and_missing_sources_named(tmp_path):
+    from wavlm_ds.config import SourceConfig
+    from wavlm_ds.data.index import ShardInfo, sources_hours, write_index
+
+    (tmp_path / "a").mkdir()
+    good = write_index(tmp_path / "a", [ShardInfo("a-000000.tar", 10, 1.5, 1, "x"),
+                                        ShardInfo("a-000001.tar", 10, 2.0, 1, "y")])
+    (tmp_path / "bad.json").write_text("{not json")
+    sources = [SourceConfig("a", str(good)), SourceConfig("gone", str(tmp_path / "no.json")),
+               SourceConfig("bad", str(tmp_path / "bad.json")),
+               SourceConfig("brace", str(tmp_path / "x-{000..009}.tar"))]
+    assert sources_hours(sources) == (3.5, ["gone", "bad", "brace"])

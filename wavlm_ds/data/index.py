@@ -108,3 +108,21 @@ def verify_shards(index_path: Path) -> list[str]:
             problems.append(f"{path}: {count} samples readable, index says {info.num_samples}"
                             + (f" ({error})" if error else ""))
     return problems
+
+
+def sources_hours(sources) -> tuple[float, list[str]]:
+    """(hours of the sources whose `shards` is an index.json still on disk, names of the
+    sources without a readable index)."""
+    total, missing = 0.0, []
+    for src in sources:
+        path = Path(str(src.shards))
+        try:
+            hours = sum(s.hours for s in read_index(path).shards) if path.suffix == ".json" \
+                else None
+        except ShardIndexError:
+            hours = None
+        if hours is None:
+            missing.append(src.name)
+        else:
+            total += hours
+    return total, missing

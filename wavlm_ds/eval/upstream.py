@@ -118,17 +118,9 @@ def encoder_upstream(export_dir: Path, name: str | None = None) -> Upstream:
 
 def _pretrain_hours(cfg) -> float | None:
     """Hours of the pretraining sources when each is an index.json still on disk, else None."""
-    from wavlm_ds.data.index import ShardIndexError, read_index
-    total = 0.0
-    for src in cfg.data.sources:
-        path = Path(src.shards)
-        if path.suffix != ".json" or not path.is_file():
-            return None
-        try:
-            total += sum(s.hours for s in read_index(path).shards)
-        except ShardIndexError:
-            return None
-    return total if cfg.data.sources else None
+    from wavlm_ds.data.index import sources_hours
+    total, missing = sources_hours(cfg.data.sources)
+    return total if cfg.data.sources and not missing else None
 
 
 def load_upstream(spec: str, exporter: Callable[[Path, Path], Path] | None = None,
