@@ -78,9 +78,11 @@ def model_states(params: int, world: int, stage: int, largest_layer: int = 0) ->
 
 
 def deepspeed_zero2_gpu_bytes(params: int, gpus_per_node: int, nodes: int) -> int:
-    """DeepSpeed 0.19.8's estimate_zero2_model_states_mem_needs, GPU part, no CPU offload
-    (restated; the unit test checks it against DeepSpeed's own function)."""
-    return 2 * params + int(18 * params / (gpus_per_node * nodes))
+    """GPU bytes by DeepSpeed's own estimate_zero2_model_states_mem_needs (no CPU offload)."""
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    _, gpu = estimate_zero2_model_states_mem_needs(params, gpus_per_node, nodes,
+                                                   cpu_offload=False)
+    return gpu
 
 
 def zero_buffers(ds: dict, stage: int) -> dict[str, float]:
@@ -194,12 +196,12 @@ def plan(cfg: RunConfig, ds: dict, cluster: Cluster, segment_seconds: float,
     fwd = forward_flops(cfg.model, T_in, 1)
     step_flops = 3 * fwd * train_batch
     act_bytes = 2 if ds.get("bf16", {}).get("enabled") else 4
+    acts = {ck: activation_bytes(cfg.model, micro, T_in, act_bytes, ck)["peak"]
+            for ck in (False, True)}  # the same under every ZeRO stage
     memory = {}
     for st in (0, 1, 2, 3):
         states = model_states(total, cluster.gpus, st, largest)
         buffers = zero_buffers(ds, st)
-        acts = {ck: activation_bytes(cfg.model, micro, T_in, act_bytes, ck)["peak"]
-                for ck in (False, True)}
         memory[st] = {"model_states": states, "buffers": buffers,
                       "activations": acts,
                       "total": {ck: sum(states.values()) + sum(buffers.values()) + a
