@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from demo import synthesize  # tools/demo.py
+from demo import corpus_overrides, synthesize  # tools/demo.py
 from eval_asr import export_live  # tools/eval_asr.py
 from eval_f0 import TRACKER_BOUND_CENTS, checked_tracker  # tools/eval_f0.py
 from eval_report import COLUMNS, METRIC_KEYS, differences, evaluate  # tools/eval_report.py
@@ -63,10 +63,7 @@ def pretrain(name: str, corpus: Path, out: Path, steps: int, labels: Path, k: in
     """Train (or resume) one objective and export it; returns its last validation row."""
     run_dir, export_dir = out / name / "run", out / name / "export"
     if not (export_dir / "model.safetensors").is_file():
-        overrides = [f"data.sources=[{{name: synth, shards: {corpus / 'train' / 'index.json'}}}]",
-                     f"data.valid_shards={corpus / 'validation' / 'index.json'}",
-                     f"data.noise_shards={corpus / 'noise' / 'index.json'}",
-                     f"training.max_steps={steps}", "logging.progress_bar=false",
+        overrides = [*corpus_overrides(corpus, steps), "logging.progress_bar=false",
                      *objective_overrides(name, labels, k)]
         cmd = train_command(ROOT / "configs" / "demo.yaml", ROOT / "ds_configs" / "cpu_smoke.json",
                             run_dir, overrides)

@@ -30,6 +30,14 @@ def synthesize(corpus: Path, utterances: int) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def corpus_overrides(corpus: Path, steps: int) -> list[str]:
+    """--set items pointing configs/demo.yaml at a synthesized corpus, for `steps` steps."""
+    return [f"data.sources=[{{name: synth, shards: {corpus / 'train' / 'index.json'}}}]",
+            f"data.valid_shards={corpus / 'validation' / 'index.json'}",
+            f"data.noise_shards={corpus / 'noise' / 'index.json'}",
+            f"training.max_steps={steps}"]
+
+
 def summarize(run_dir: Path, export_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
@@ -70,10 +78,7 @@ def main(argv: list[str]) -> int:
     base = args.run_dir.resolve()
     corpus, run_dir, export_dir = base / "corpus", base / "run", base / "export"
     synthesize(corpus, args.utterances)
-    overrides = [f"data.sources=[{{name: synth, shards: {corpus / 'train' / 'index.json'}}}]",
-                 f"data.valid_shards={corpus / 'validation' / 'index.json'}",
-                 f"data.noise_shards={corpus / 'noise' / 'index.json'}",
-                 f"training.max_steps={args.steps}"]
+    overrides = corpus_overrides(corpus, args.steps)
     cmd = train_command(ROOT / "configs" / "demo.yaml", ROOT / "ds_configs" / "cpu_smoke.json",
                         run_dir, overrides)
     print("[demo] $", " ".join(cmd), f"  (log: {run_dir / 'train.log'})", flush=True)

@@ -1,0 +1,42 @@
+"""tools/compare_objectives.py end to end on a tiny synthesized corpus: k-means labels, two
+objectives pretrained through the launcher, both probes, the table; a re-run reuses it all."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from wavlm_ds.launch import ROOT, launcher_env
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")),
+                                 reason="needs espeak-ng and sox (make setup installs them)")]
+
+
+def test_compare_two_objectives_on_a_tiny_corpus(tmp_path):
+    corpus = tmp_path / "corpus"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "synth_corpus.py"), "--out", str(corpus),
+                    "--utterances", "120", "--noise", "4"], check=True, cwd=ROOT, timeout=300,
+                   capture_output=True)
+    cmd = [sys.executable, str(ROOT / "tools" / "compare_objectives.py"), "--run-dir",
+           str(tmp_path / "cmp"), "--corpus", str(corpus), "--steps", "3", "--k", "8",
+           "--objectives", "reconstruction,kmeans", "--epochs", "1", "--hidden", "8",
+           "--resamples", "50"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900,
+                          env=launcher_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    rows = [line.split(" | ")[0] for line in table.splitlines()[2:] if line.startswith("|")]
+    assert rows == ["| reconstruction", "| kmeans", "| log-Mel baseline"]
+    result = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert set(result["runs"]) == {"reconstruction", "kmeans"}
+    assert result["runs"]["kmeans"]["valid"]["accuracy"] >= 0
+    assert json.loads((tmp_path / "cmp" / "labels" / "kmeans.json").read_text())["k"] == 8
+    # A second run trains nothing again: every export and the labels are reused.
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900,
+                           env=launcher_env())
+    assert again.returncode == 0 and "trained in" not in again.stdout
+    assert "k-means labels exist" in again.stdout
