@@ -125,11 +125,13 @@ class StopFlag:
 
 def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> dict[str, float]:
     """Validation loss with fixed masks; for reconstruction, next to the zero and
-    span-interpolation baselines so that the number means something."""
+    span-interpolation baselines so that the number means something; for discrete targets,
+    with the accuracy on masked frames."""
     fault_point("eval", rank)
     engine.eval()
     objective = engine.module.objective
     with_baselines = cfg.objective.name == "reconstruction"
+    with_accuracy = not with_baselines  # discrete targets: hits summed over masked frames
     sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(5)]
     with torch.no_grad():
         for i, batch in enumerate(loader):
@@ -137,7 +139,7 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
             loss_sum, stats = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask, None,
                                      mb.extras)
             sums[0] += loss_sum.double()
-            if "accuracy" in stats:  # discrete targets: hits summed over masked frames
+            if with_accuracy:
                 sums[4] += stats["accuracy"].double()
             sums[3] += objective.count(mb.mask).double()
             if with_baselines:
@@ -148,7 +150,7 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
     total = E.global_sum(sums, device)
     n = max(total[3].item(), 1.0)
     result = {"loss": total[0].item() / n, "count": total[3].item()}
-    if cfg.objective.name != "reconstruction":
+    if with_accuracy:
         result["accuracy"] = total[4].item() / n
     if with_baselines:
         result.update(baseline_zero=total[1].item() / n, baseline_interp=total[2].item() / n)
