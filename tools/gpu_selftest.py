@@ -33,7 +33,7 @@ from wavlm_ds.ops import gpu_gate
 from wavlm_ds.ops.attention import attention_reference, flex_gated_attention
 from wavlm_ds.ops.blocked_attention import blocked_attention
 from wavlm_ds.ops.logmel import log_mel
-from wavlm_ds.ops.span_mask import place_spans, span_mask
+from wavlm_ds.ops.span_mask import JITTER_BITS, max_spans, place_spans, span_mask
 
 
 def attention_inputs(device, dtype, B=2, H=4, T=256, D=64):
@@ -67,10 +67,10 @@ def cpu_checks() -> dict:
     out = {"blocked_attention_fp32_rel_err": compare(blocked_attention, attention_reference,
                                                      tensors, pad, 1e-5)}
     lengths = torch.randint(1, 300, (8,), generator=torch.Generator().manual_seed(1))
-    u, off = torch.rand(8, 24, dtype=torch.float64), torch.rand(8, dtype=torch.float64)
+    draws = torch.randint(0, 1 << JITTER_BITS, (8, max_spans(300, 0.8, 10) + 1))
     compiled = torch.compile(place_spans, fullgraph=True, dynamic=True)
     out["masker_compiled_equals_eager"] = bool(torch.equal(
-        compiled(lengths, 300, 0.8, 10, u, off), place_spans(lengths, 300, 0.8, 10, u, off)))
+        compiled(lengths, 300, 0.8, 10, draws), place_spans(lengths, 300, 0.8, 10, draws)))
     audio, lens = torch.randn(2, 32000) * 0.1, torch.tensor([32000, 20001])
     fast, _ = log_mel(audio, lens, impl="torch")
     ref, _ = log_mel(audio, lens, impl="reference")

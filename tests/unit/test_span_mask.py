@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wavlm_ds.ops.span_mask import fairseq_span_mask, place_spans, span_mask
+from wavlm_ds.ops.span_mask import JITTER_BITS, fairseq_span_mask, max_spans, place_spans, span_mask
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -65,10 +65,9 @@ def test_compiles_fullgraph_without_host_sync():
     compiled = torch.compile(place_spans, fullgraph=True, dynamic=True)
     for B, T in [(8, 300), (5, 500)]:
         lengths = torch.randint(0, T, (B,), generator=gen(11))
-        u_gaps = torch.rand(B, -(-round(0.8 * T) // 10), generator=gen(12), dtype=torch.float64)
-        u_off = torch.rand(B, generator=gen(13), dtype=torch.float64)
-        out = compiled(lengths, T, 0.8, 10, u_gaps, u_off)
-        assert torch.equal(out, place_spans(lengths, T, 0.8, 10, u_gaps, u_off))
+        draws = torch.randint(0, 1 << JITTER_BITS, (B, max_spans(T, 0.8, 10) + 1), generator=gen(12))
+        out = compiled(lengths, T, 0.8, 10, draws)
+        assert torch.equal(out, place_spans(lengths, T, 0.8, 10, draws))
         assert torch.equal(out.sum(1), torch.round(lengths.double() * 0.8).long())
 
 

@@ -5,19 +5,27 @@ frames (the last one shorter when the count is not a multiple), never in padding
 every valid position masked at the same rate. Why circular: placing non-overlapping spans
 uniformly on a line masks the edges less often than the middle (a span covering frame 0
 must start at 0). Here the row is a circle of its own length: we lay out
-[gap][span][gap][span]... with random gaps that sum to the unmasked count, then rotate by a
-uniform random offset. Rotation makes every position equally likely, whatever the gap
-distribution; spans may wrap from the end of the row to its start.
+[span][gap][span][gap]... and rotate the layout by a uniform random offset. Rotation makes
+every position equally likely whatever the gaps are; spans may wrap from the end of the row
+to its start. The k gaps share the row's L - n unmasked frames by stratified jitter: span j
+is preceded by floor((j + u_j) / k * (L - n)) unmasked frames in total, u_j uniform in
+[0, 1), so each gap lies in [0, 2 (L - n) / k) (triangular around the mean) and the gaps sum
+to L - n exactly. All arithmetic on the draws is integer (20-bit uniforms), so eager and
+compiled code agree bit for bit.
 
-No Python loop over rows, no host sync, no numpy, static shapes: it compiles with
-torch.compile(fullgraph=True, dynamic=True) under the default dynamo config (the
-generator draws happen just outside, in `span_mask`: dynamo cannot trace a Generator). A row of
+No Python loop over rows, no host sync, no numpy, static shapes, about 30 tensor ops: the
+spans are painted into a (B, T + 1) difference array (+1 at each start, -1 past each end),
+a cumsum gives the unrotated mask and one gather rotates it. `place_spans` compiles with
+torch.compile(fullgraph=True, dynamic=True) under the default dynamo config (the generator
+draw happens just outside, in `span_mask`: dynamo cannot trace a Generator). A row of
 length 0 gets no mask; a span longer than a row gives one circular span of
 round(ratio * length) frames.
 """
 from __future__ import annotations
 
 import torch
+
+JITTER_BITS = 20  # resolution of the integer uniforms that place the spans
 
 
 def _check(lengths: torch.Tensor, T: int, ratio: float, span: int) -> None:
@@ -30,61 +38,92 @@ def _check(lengths: torch.Tensor, T: int, ratio: float, span: int) -> None:
         raise ValueError(f"span={span}: must be >= 1")
     if T < 0:
         raise ValueError(f"T={T}: must be >= 0")
-    if not torch.compiler.is_compiling() and lengths.device.type == "cpu":
-        if bool((lengths < 0).any() | (lengths > T).any()):
+    if (not torch.compiler.is_compiling() and lengths.device.type == "cpu"
+            and lengths.numel()):
+        lo, hi = torch.aminmax(lengths)
+        if lo.item() < 0 or hi.item() > T:
             raise ValueError(f"lengths: every value must be in [0, {T}], got {lengths.tolist()}")
+
+
+def max_spans(T: int, ratio: float, span: int) -> int:
+    """The most spans a row of at most T frames can need: ceil(round(ratio * T) / span)."""
+    return max(1, -(-round(ratio * T) // span))
 
 
 def span_mask(lengths: torch.Tensor, T: int, ratio: float = 0.8, span: int = 10,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """lengths (B,) -> (B, T) bool with exactly round(ratio * length) True per row.
 
-    The generator draws two uniform tensors on the device; `place_spans` turns them into
-    the mask and is pure tensor code (the part that compiles with fullgraph=True).
+    The generator draws one integer tensor (B, K + 1) on the device; `place_spans` turns
+    it into the mask and is pure tensor code (the part that compiles with fullgraph=True).
     """
     _check(lengths, T, ratio, span)
-    max_spans = max(1, -(-round(ratio * T) // span))
-    B, device = lengths.shape[0], lengths.device
-    u_gaps = torch.rand(B, max_spans, device=device, generator=generator, dtype=torch.float64)
-    u_offset = torch.rand(B, device=device, generator=generator, dtype=torch.float64)
-    return place_spans(lengths, T, ratio, span, u_gaps, u_offset)
+    draws = torch.randint(0, 1 << JITTER_BITS, (lengths.shape[0], max_spans(T, ratio, span) + 1),
+                          device=lengths.device, generator=generator)
+    return place_spans(lengths, T, ratio, span, draws)
 
 
-def place_spans(lengths: torch.Tensor, T: int, ratio: float, span: int, u_gaps: torch.Tensor,
-                u_offset: torch.Tensor) -> torch.Tensor:
-    """Deterministic core: uniforms u_gaps (B, K) and u_offset (B,) -> mask (B, T).
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    K must be at least ceil(round(ratio * T) / span), the most spans a row can need.
+
+def _tables(T: int, ratio: float, span: int, K: int, device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Constants of one (T, ratio, span, K, device), built once in eager mode.
+
+    per_length (T + 1, 3): for a row of length L, [n, L - n, max(k * 2^20, 1)] with
+    n = round(ratio * L) masked frames and k = ceil(n / span) spans; a lookup replaces
+    ~10 tiny per-call ops. j_one (K,): j * 2^20. offsets (2K,): span j's start and end
+    before the gaps, [j * span]_j then [(j + 1) * span]_j. sign (2K,) int32: +1 then -1.
     """
-    device, B, K = lengths.device, u_gaps.shape[0], u_gaps.shape[1]
-    L = lengths.long()
-    n = torch.round(L.double() * ratio).long()  # masked frames per row, (B,)
-    k = torch.div(n + span - 1, span, rounding_mode="floor")  # spans per row, (B,)
-    j = torch.arange(K, device=device)  # (K,)
-    span_len = torch.where(j[None, :] < k[:, None] - 1, span, n[:, None] - (k[:, None] - 1) * span)
-    span_len = torch.where(j[None, :] < k[:, None], span_len, 0)  # (B, K)
-    # Gaps: integer random weights; cut points = floor(cumulative share x unmasked count),
-    # in exact integer arithmetic so eager and compiled code agree bit for bit, and the
-    # gaps sum to L - n exactly.
-    w = torch.where(j[None, :] < k[:, None], (u_gaps * 1024).long() + 1, 0)  # (B, K)
-    cum = w.cumsum(1)
-    cut = cum * (L - n)[:, None] // cum[:, -1:].clamp(min=1)
-    cut = torch.where(j[None, :] >= k[:, None] - 1, (L - n)[:, None], cut)
-    gaps = torch.diff(cut, dim=1, prepend=torch.zeros(B, 1, dtype=torch.long, device=device))
-    starts = gaps.cumsum(1) + span_len.cumsum(1) - span_len  # (B, K) on the unrotated circle
-    # Rotate, then paint the spans with a difference array: +1 at each span start, -1 after
-    # its end, a span that wraps past the row's end restarts at 0; a cumsum gives the mask.
-    offset = (u_offset * L.double()).long()  # rotation in [0, L)
-    a = torch.remainder(starts + offset[:, None], L.clamp(min=1)[:, None])  # (B, K)
-    b = a + span_len
-    wraps = (b > L[:, None]).long()
-    diff = torch.zeros(B, T + 1, dtype=torch.long, device=device)
-    diff.scatter_add_(1, a, torch.ones_like(a))
-    diff.scatter_add_(1, torch.minimum(b, L[:, None]), -torch.ones_like(a))
-    diff[:, 0] += wraps.sum(1)
-    diff.scatter_add_(1, (b - L[:, None]).clamp(0, T), -wraps)
-    t = torch.arange(T, device=device)
-    return (diff[:, :T].cumsum(1) > 0) & (t[None, :] < L[:, None])
+    key = (T, ratio, span, K, device)
+    if not torch.compiler.is_compiling() and key in _TABLES:
+        return _TABLES[key]
+    L = torch.arange(T + 1, device=device)
+    n = torch.round(L.double() * ratio).long()
+    k = torch.div(n + (span - 1), span, rounding_mode="floor")
+    per_length = torch.stack([n, L - n, (k << JITTER_BITS).clamp(min=1)], dim=1)
+    j = torch.arange(K, device=device)
+    offsets = torch.cat([j * span, (j + 1) * span])
+    sign = torch.cat([torch.ones(K, dtype=torch.int32, device=device),
+                      torch.full((K,), -1, dtype=torch.int32, device=device)])
+    out = (per_length, j << JITTER_BITS, offsets, sign)
+    if not torch.compiler.is_compiling():
+        if len(_TABLES) >= 32:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = out
+    return out
+
+
+def place_spans(lengths: torch.Tensor, T: int, ratio: float, span: int,
+                draws: torch.Tensor) -> torch.Tensor:
+    """Deterministic core: integer uniforms draws (B, K + 1) in [0, 2^20) -> mask (B, T).
+
+    Column 0 rotates the row, columns 1.. jitter the gaps; K >= max_spans(T, ratio, span).
+    """
+    B, K = draws.shape[0], draws.shape[1] - 1
+    per_length, j_one, offsets, sign = _tables(T, ratio, span, K, lengths.device)
+    L = lengths.long()[:, None]  # (B, 1)
+    row = per_length[lengths]  # (B, 3)
+    n, unmasked, k_one = row[:, 0:1], row[:, 1:2], row[:, 2:3]
+    # Unmasked frames before span j: floor((j + u_j) / k * (L - n)), non-decreasing in j,
+    # below L - n; span j covers [g_j + j*span, g_j + min((j+1)*span, n)) before rotation
+    # (spans j >= k are empty). Rotating by offset in [0, L) puts it inside [0, 2L).
+    g = torch.div((j_one + draws[:, 1:]) * unmasked, k_one, rounding_mode="floor")
+    g = g + ((draws[:, :1] * L) >> JITTER_BITS)  # + rotation
+    ends = g.repeat(1, 2) + torch.minimum(offsets, n)  # (B, 2K): starts then ends
+    # Fold [L, 2L) back onto the row: an endpoint >= L moves by -L. The one span that
+    # straddles L (start < L <= end) then needs +1 at 0 and -1 at L; `straddle` is minus
+    # its count (starts folded minus ends folded: 0 or -1).
+    folds = ends >= L
+    ends = torch.where(folds, ends - L, ends)
+    straddle = (folds * sign).sum(1, keepdim=True, dtype=torch.int32)
+    # Paint with a difference array: +1 at each start, -1 at each end, the straddler's
+    # correction, then one cumsum. Only zeros, one scatter, cumsum and the cast touch (B, T).
+    diff = torch.zeros(B, T + 1, dtype=torch.int32, device=lengths.device)
+    diff.scatter_add_(1, ends, sign.expand(B, -1))
+    diff[:, :1] -= straddle
+    diff.scatter_add_(1, L, straddle)
+    return diff.cumsum_(1)[:, :T].bool()
 
 
 def fairseq_span_mask(lengths: torch.Tensor, T: int, mask_prob: float, mask_length: int,
