@@ -30,7 +30,7 @@ from baselines import fairseq_compute_mask_indices  # noqa: E402
 from wavlm_ds.memory import LiveBytes  # noqa: E402
 from wavlm_ds.ops.attention import attention_reference  # noqa: E402
 from wavlm_ds.ops.blocked_attention import blocked_attention  # noqa: E402
-from wavlm_ds.ops.logmel import log_mel  # noqa: E402
+from wavlm_ds.ops.logmel import CHUNK_FRAMES, log_mel  # noqa: E402
 from wavlm_ds.ops.span_mask import span_mask  # noqa: E402
 
 
@@ -53,6 +53,20 @@ def timeit(fns: dict[str, Callable], repeats: int, warmup: int = 3) -> dict[str,
     return {k: statistics.median(v) for k, v in interleaved(fns, repeats, warmup).items()}
 
 
+def blocked_floor(audio: torch.Tensor, window: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """The floor of our blocked path: interior frames only, per ~1024-frame block: window,
+    rfft, re*re + im*im, mel matmul. No log, no edge frames, no normalization."""
+    B = audio.shape[0]
+    view = audio.unfold(1, 400, 160)
+    step = max(1, CHUNK_FRAMES // B)
+    out = audio.new_empty(B, view.shape[1], fb.shape[1])
+    for c0 in range(0, view.shape[1], step):
+        spec = torch.view_as_real(torch.fft.rfft(view[:, c0:c0 + step] * window))
+        power = torch.mul(spec[..., 0], spec[..., 0]).addcmul_(spec[..., 1], spec[..., 1])
+        out[:, c0:c0 + step] = power @ fb
+    return out
+
+
 def bench_logmel(repeats: int) -> dict:
     import torchaudio
     audio = torch.randn(8, 16 * 16000) * 0.1
@@ -62,11 +76,15 @@ def bench_logmel(repeats: int) -> dict:
     fb = torchaudio.functional.melscale_fbanks(201, 0.0, 8000.0, 80, 16000, norm=None,
                                                mel_scale="htk")
     fns = {"wavlm_ds log_mel (htk, normalized)": lambda: log_mel(audio, lengths),
+           "wavlm_ds log_mel (htk, not normalized: equal output)":
+               lambda: log_mel(audio, lengths, normalize=False),
            "torchaudio MelSpectrogram + log": lambda: torch.log(mel(audio).clamp(min=1e-10)),
            "torchaudio kaldi.fbank (per row)": lambda: [torchaudio.compliance.kaldi.fbank(
                audio[i:i + 1], num_mel_bins=80, dither=0.0) for i in range(8)],
            "floor: bare torch.stft + mel matmul": lambda: torch.stft(
-               audio, 400, 160, window=window, return_complex=True).abs().pow(2).transpose(1, 2) @ fb}
+               audio, 400, 160, window=window, return_complex=True).abs().pow(2).transpose(1, 2) @ fb,
+           "floor, blocked: rfft + re*re+im*im + mel matmul per block": lambda: blocked_floor(
+               audio, window, fb)}
     return {"shape": "8 x 16 s", "median_s": timeit(fns, repeats)}
 
 

@@ -43,6 +43,20 @@ def test_htk_matches_torchaudio_row_by_row(impl):
         assert not feats[b, frames[b]:].any()
 
 
+@pytest.mark.parametrize("lengths", [[1], [150], [199, 120], [200], [359, 1], [360], [361, 200],
+                                     [561, 400, 17], [70000, 65433, 160, 5]])
+def test_blocked_fast_path_equals_reference_at_every_length(lengths, monkeypatch):
+    """Head frames, tensor-end frames, per-row tails and block boundaries (blocks of 5 frames
+    per row here), for tensors shorter than one window up to many blocks."""
+    import wavlm_ds.ops.logmel as logmel
+    monkeypatch.setattr(logmel, "CHUNK_FRAMES", 5 * len(lengths))
+    audio, lens = batch(lengths)
+    fast, frames = log_mel(audio, lens, "htk", normalize=False, impl="torch")
+    ref, frames_ref = log_mel(audio, lens, "htk", normalize=False, impl="reference")
+    assert torch.equal(frames, frames_ref)
+    assert (fast - ref).abs().max() < HTK_TOL
+
+
 def test_kaldi_matches_fbank():
     audio, lengths = batch([32000, 16123, 400])
     feats, frames = log_mel(audio, lengths, "kaldi", normalize=False)
@@ -94,8 +108,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"rows \[0\]"):
         log_mel(audio, torch.tensor([0, 1000]))
     bad = audio.clone()
-    bad[0, 5] = float("nan")
-    with pytest.raises(ValueError, match="non-finite"):
-        log_mel(bad, torch.tensor([1000, 1000]))
+    for value in (float("nan"), float("inf"), -float("inf")):
+        bad[0, 5] = value
+        with pytest.raises(ValueError, match=r"rows \[0\] have non-finite"):
+            log_mel(bad, torch.tensor([1000, 1000]))
     with pytest.raises(ValueError, match=r"rows \[1\]"):
         log_mel(audio, torch.tensor([1000, 300]), mode="kaldi")  # shorter than one window
