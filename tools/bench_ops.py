@@ -49,6 +49,25 @@ def interleaved(fns: dict[str, Callable], repeats: int, warmup: int = 3
     return times
 
 
+def one_at_a_time(fns: dict[str, Callable], repeats: int, warmup: int = 3
+                  ) -> dict[str, dict[str, float]]:
+    """Each variant alone, `repeats` calls after `warmup`: median seconds and median minor
+    page faults per call (ru_minflt). Interleaving evicts caches and makes the allocator
+    hand out fresh pages; this is the other end, what a variant costs in a steady loop."""
+    out = {}
+    for name, fn in fns.items():
+        secs, faults = [], []
+        for i in range(warmup + repeats):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                secs.append(time.perf_counter() - t0)
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        out[name] = {"median_s": statistics.median(secs), "page_faults": statistics.median(faults)}
+    return out
+
+
 def timeit(fns: dict[str, Callable], repeats: int, warmup: int = 3) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in interleaved(fns, repeats, warmup).items()}
 
@@ -85,7 +104,8 @@ def bench_logmel(repeats: int) -> dict:
                audio, 400, 160, window=window, return_complex=True).abs().pow(2).transpose(1, 2) @ fb,
            "floor, blocked: rfft + re*re+im*im + mel matmul per block": lambda: blocked_floor(
                audio, window, fb)}
-    return {"shape": "8 x 16 s", "median_s": timeit(fns, repeats)}
+    return {"shape": "8 x 16 s", "median_s": timeit(fns, repeats),
+            "alone": one_at_a_time({k: fns[k] for k in list(fns)[:3]}, repeats)}
 
 
 def bench_mask(repeats: int) -> dict:
@@ -171,6 +191,11 @@ def main(argv: list[str]) -> int:
     if "logmel" in only:
         result["logmel"] = r = bench_logmel(args.repeats)
         print_table(f"log-Mel, {r['shape']}", r["median_s"], "torchaudio MelSpectrogram + log")
+        base = r["alone"]["torchaudio MelSpectrogram + log"]["median_s"]
+        print("\none variant at a time\n| variant | median s | x faster | page faults per call |"
+              "\n|---|---|---|---|")
+        for k, x in r["alone"].items():
+            print(f"| {k} | {x['median_s']:.5f} | {base / x['median_s']:.2f} | {x['page_faults']:.0f} |")
     if "mask" in only:
         result["mask"] = r = bench_mask(args.repeats)
         print_table(f"span mask, {r['shape']} (fairseq mask_prob {r['fairseq_mask_prob']} -> "
