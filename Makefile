@@ -73,7 +73,8 @@ bench: setup ops $(BENCH_CORPUS)/train/index.json
 	    --warmup 2 --threads 2 --json runs/bench/overhead.json
 
 # The three objectives (reconstruction, BEST-RQ, k-means) on the demo corpus, same steps,
-# both probes each: the README's comparison table (runs/compare/results.md).
+# both probes each, trained with 3 probe seeds: the README's comparison table
+# (runs/compare/results.md).
 compare: setup ops
 	$(PY) tools/compare_objectives.py --run-dir runs/compare --corpus $(DEMO_DIR)/corpus
 

@@ -2,7 +2,7 @@
 
 usage: python tools/compare_objectives.py [--run-dir runs/compare] [--corpus runs/demo/corpus]
            [--steps 300] [--k 100] [--objectives reconstruction,best_rq,kmeans]
-           [--epochs 10] [--hidden 64]   (`make compare`)
+           [--epochs 10] [--hidden 64] [--probe-runs 3]   (`make compare`)
 
 For each objective, the demo recipe (configs/demo.yaml + ds_configs/cpu_smoke.json, 2 CPU
 ranks through the deepspeed launcher, the same seed, data order and masks) pretrains for
@@ -13,11 +13,19 @@ iteration; --k clusters) and written as sidecar shards for train and validation.
 uses its defaults (one 8192 x 16 codebook). Finished pieces are reused on a re-run (the
 corpus, the labels, each export), so an interrupted comparison continues where it stopped.
 
+The probes are trained --probe-runs times (seeds --seed, --seed + 1, ...) on every upstream,
+log-Mel included: on the demo corpus one probe's WER moves by up to 20 points between seeds,
+more than the objectives differ, so a ranking from one probe run is not evidence. The main
+table is the first run's (with 95% bootstrap intervals over test utterances); a second table
+gives each run's paired differences against log-Mel and how often each objective ranked
+first.
+
 Writes --run-dir/results.md (the README's table) and results.json.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -104,6 +112,30 @@ def markdown(runs: dict[str, dict], systems: dict[str, dict], diffs: dict[str, d
     return "\n".join(lines)
 
 
+def value(e) -> float:
+    return e.as_dict()["value"] if hasattr(e, "as_dict") else e["value"]
+
+
+def spread_markdown(names: list[str], seeds: list[int], diffs: list[dict[str, dict]]) -> str:
+    """Per probe run: each objective's paired WER and F0 differences vs log-Mel; the mean
+    over runs; how many runs ranked it first (lowest difference = best)."""
+    cols = ["upstream"]
+    for col, unit in (("WER %", "WER points"), ("F0-RMSE cents", "F0 cents")):
+        cols += [f"{unit} vs log-Mel, seed {s}" for s in seeds] + [f"{unit}: mean", f"{unit}: best in"]
+    lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    scale = {"WER %": (100, 1), "F0-RMSE cents": (1, 0)}
+    for name in names:
+        cells = [name]
+        for col in ("WER %", "F0-RMSE cents"):
+            k, digits = scale[col]
+            vals = [k * value(d[name][col]) for d in diffs]
+            wins = sum(min(names, key=lambda n, d=d: value(d[n][col])) == name for d in diffs)
+            cells += [f"{v:.{digits}f}" for v in vals]
+            cells += [f"{sum(vals) / len(vals):.{digits}f}", f"{wins} of {len(diffs)}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run-dir", type=Path, default=Path("runs/compare"))
@@ -116,7 +148,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-train-utts", type=int, default=0)
     p.add_argument("--max-test-utts", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=30.0)
+    p.add_argument("--probe-runs", type=int, default=3,
+                   help="train every probe this many times, seeds --seed, --seed + 1, ...")
     args = p.parse_args(argv)
+    if args.probe_runs < 1:
+        p.error(f"--probe-runs {args.probe_runs}: must be >= 1")
     args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
     unknown = [o for o in args.objectives if o not in OBJECTIVES]
     if unknown:
@@ -146,12 +182,19 @@ def main(argv: list[str]) -> int:
                         references([u.audio for u in s.utterances], first.stack,
                                    first.logmel_mode, tracker, f"praat {s.name}"))
                for s in splits}
-    systems = {name: evaluate(up, splits, targets, settings, args) for name, up in ups.items()}
-    systems["log-Mel baseline"] = evaluate(logmel_upstream(first.stack, first.logmel_mode),
-                                           splits, targets, settings, args)
-    base = systems["log-Mel baseline"]
-    diffs = {name: differences(systems[name], base, args.resamples, args.seed) for name in ups}
+    seeds = [args.seed + i for i in range(args.probe_runs)]
+    per_seed = []  # (systems, diffs) for each probe seed
+    for seed in seeds:
+        st = dataclasses.replace(settings, seed=seed)
+        systems = {name: evaluate(up, splits, targets, st, args) for name, up in ups.items()}
+        systems["log-Mel baseline"] = evaluate(logmel_upstream(first.stack, first.logmel_mode),
+                                               splits, targets, st, args)
+        base = systems["log-Mel baseline"]
+        per_seed.append((systems, {name: differences(systems[name], base, args.resamples,
+                                                     args.seed) for name in ups}))
+    systems, diffs = per_seed[0]
     table = markdown(runs, systems, diffs)
+    spread = spread_markdown(list(ups), seeds, [d for _, d in per_seed])
     train_info, test_info = (cli.split_info(s) for s in splits)
     note = (f"Each objective: `configs/demo.yaml` ({first.info['num_layers']} x "
             f"{first.info['model_dim']}, {first.info['parameters'] / 1e6:.2f}M parameters), "
@@ -162,12 +205,18 @@ def main(argv: list[str]) -> int:
             "better except accuracy. Validation losses are each objective's own (L1 on "
             "log-Mel vs cross-entropy) and not comparable across rows. Elapsed "
             f"{time.time() - t0:.0f} s.\n\nCommand: `{cli.command_line()}`")
-    md = table + "\n\n" + note + "\n"
+    spread_note = (f"Probe seed {seeds[0]} above. Every probe trained {len(seeds)} times "
+                   f"(seeds {', '.join(map(str, seeds))}), on every upstream and on log-Mel; "
+                   "paired differences vs log-Mel from the same probe run (negative = better "
+                   "than log-Mel), and in how many runs each objective had the lowest one:")
+    md = table + "\n\n" + spread_note + "\n\n" + spread + "\n\n" + note + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(md)
     cli.write_json(out / "results.json", {
         "tool": "compare_objectives", "command": cli.command_line(), "runs": runs,
         "metrics": {k: v["metrics"] for k, v in systems.items()}, "difference": diffs,
+        "probe_runs": [{"seed": seed, "metrics": {k: v["metrics"] for k, v in sy.items()},
+                        "difference": d} for seed, (sy, d) in zip(seeds, per_seed)],
         "settings": {"probe": settings.as_dict(), "tracker_self_check": check, "k": args.k,
                      "steps": args.steps, "train": train_info, "test": test_info},
         "elapsed_s": time.time() - t0})

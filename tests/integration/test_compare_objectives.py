@@ -24,15 +24,23 @@ def test_compare_two_objectives_on_a_tiny_corpus(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "compare_objectives.py"), "--run-dir",
            str(tmp_path / "cmp"), "--corpus", str(corpus), "--steps", "3", "--k", "8",
            "--objectives", "reconstruction,kmeans", "--epochs", "1", "--hidden", "8",
-           "--resamples", "50"]
+           "--resamples", "50", "--probe-runs", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900,
                           env=launcher_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "cmp" / "results.md").read_text()
-    rows = [line.split(" | ")[0] for line in table.splitlines()[2:] if line.startswith("|")]
-    assert rows == ["| reconstruction", "| kmeans", "| log-Mel baseline"]
+    main, spread = [block.splitlines() for block in table.split("\n\n") if block.startswith("|")]
+    assert [line.split(" | ")[0] for line in main[2:]] == [
+        "| reconstruction", "| kmeans", "| log-Mel baseline"]
+    # The probe-seed table: two runs per objective, and each run ranks exactly one first.
+    assert "seed 0" in spread[0] and "seed 1" in spread[0]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in spread[2:]]
+    assert [row[0] for row in cells] == ["reconstruction", "kmeans"]
+    wins = [[int(c.split(" of ")[0]) for c in row if c.endswith(" of 2")] for row in cells]
+    assert [sum(col) for col in zip(*wins)] == [2, 2]  # WER, F0
     result = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert set(result["runs"]) == {"reconstruction", "kmeans"}
+    assert [r["seed"] for r in result["probe_runs"]] == [0, 1]
     assert result["runs"]["kmeans"]["valid"]["accuracy"] >= 0
     assert json.loads((tmp_path / "cmp" / "labels" / "kmeans.json").read_text())["k"] == 8
     # A second run trains nothing again: every export and the labels are reused.
