@@ -63,11 +63,11 @@ def span_mask(lengths: torch.Tensor, T: int, ratio: float = 0.8, span: int = 10,
     return place_spans(lengths, T, ratio, span, draws)
 
 
-_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+_TABLES: dict[tuple, _Tables] = {}
 
 
-def _tables(T: int, ratio: float, span: int, K: int, device: torch.device
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tables(T: int, ratio: float, span: int, K: int, device: torch.device) -> _Tables:
     """Constants of one (T, ratio, span, K, device), built once in eager mode.
 
     per_length (T + 1, 3): for a row of length L, [n, L - n, max(k * 2^20, 1)] with
