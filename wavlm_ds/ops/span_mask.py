@@ -13,9 +13,11 @@ is preceded by floor((j + u_j) / k * (L - n)) unmasked frames in total, u_j unif
 to L - n exactly. All arithmetic on the draws is integer (20-bit uniforms), so eager and
 compiled code agree bit for bit.
 
-No Python loop over rows, no host sync, no numpy, static shapes, about 30 tensor ops: the
-spans are painted into a (B, T + 1) difference array (+1 at each start, -1 past each end),
-a cumsum gives the unrotated mask and one gather rotates it. `place_spans` compiles with
+No Python loop over rows, no host sync, no numpy, static shapes, about 35 tensor ops of
+which only 4 touch a (B, T) tensor: the rotation is applied to the (B, 2K) span endpoints,
+which are folded back onto the row (the one span that straddles the row's end gets a
++1/-1 correction), then painted into a (B, T + 1) difference array (+1 at each start, -1
+past each end) that one cumsum turns into the mask. `place_spans` compiles with
 torch.compile(fullgraph=True, dynamic=True) under the default dynamo config (the generator
 draw happens just outside, in `span_mask`: dynamo cannot trace a Generator). A row of
 length 0 gets no mask; a span longer than a row gives one circular span of
