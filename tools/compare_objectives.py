@@ -112,10 +112,6 @@ def markdown(runs: dict[str, dict], systems: dict[str, dict], diffs: dict[str, d
     return "\n".join(lines)
 
 
-def value(e) -> float:
-    return e.as_dict()["value"] if hasattr(e, "as_dict") else e["value"]
-
-
 def spread_markdown(names: list[str], seeds: list[int], diffs: list[dict[str, dict]]) -> str:
     """Per probe run: each objective's paired WER and F0 differences vs log-Mel; the mean
     over runs; how many runs ranked it first (lowest difference = best)."""
@@ -128,8 +124,8 @@ def spread_markdown(names: list[str], seeds: list[int], diffs: list[dict[str, di
         cells = [name]
         for col in ("WER %", "F0-RMSE cents"):
             k, digits = scale[col]
-            vals = [k * value(d[name][col]) for d in diffs]
-            wins = sum(min(names, key=lambda n, d=d: value(d[n][col])) == name for d in diffs)
+            vals = [k * d[name][col]["value"] for d in diffs]
+            wins = sum(min(names, key=lambda n, d=d: d[n][col]["value"]) == name for d in diffs)
             cells += [f"{v:.{digits}f}" for v in vals]
             cells += [f"{sum(vals) / len(vals):.{digits}f}", f"{wins} of {len(diffs)}"]
         lines.append("| " + " | ".join(cells) + " |")

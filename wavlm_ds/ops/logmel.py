@@ -155,8 +155,8 @@ def _log_mel_htk_fast(audio: torch.Tensor, lengths: torch.Tensor,
     return out.scatter_(1, idx[..., None].expand(-1, -1, N_MELS), fixed)
 
 
-def _log_power_mel(frames: torch.Tensor, mode: str) -> torch.Tensor:
-    """Frames (..., 400) -> log mel (..., 80): window, rfft, re*re + im*im, mel, log."""
+def mel_power(frames: torch.Tensor, mode: str = "htk") -> torch.Tensor:
+    """Frames (..., 400) -> mel power (..., 80): window, rfft, re*re + im*im, mel matmul."""
     window, fb, n_fft = _constants(mode, frames.device)
     if mode == "kaldi":
         frames = frames - frames.mean(dim=-1, keepdim=True)  # remove DC offset
@@ -164,8 +164,13 @@ def _log_power_mel(frames: torch.Tensor, mode: str) -> torch.Tensor:
         frames = frames - 0.97 * prev  # pre-emphasis, first sample replicated
     spec = torch.view_as_real(torch.fft.rfft(frames * window, n=n_fft))  # (..., bins, 2)
     power = torch.mul(spec[..., 0], spec[..., 0]).addcmul_(spec[..., 1], spec[..., 1])
+    return power @ fb
+
+
+def _log_power_mel(frames: torch.Tensor, mode: str) -> torch.Tensor:
+    """Frames (..., 400) -> log mel (..., 80)."""
     floor = HTK_FLOOR if mode == "htk" else torch.finfo(torch.float32).eps
-    return (power @ fb).clamp_(min=floor).log_()
+    return mel_power(frames, mode).clamp_(min=floor).log_()
 
 
 def _valid(frame_lengths: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
@@ -178,7 +183,7 @@ def normalize_per_segment(feats: torch.Tensor, frame_lengths: torch.Tensor) -> t
 
     Two passes (mean, then variance of the centred values: no cancellation on constant
     rows such as digital silence). The masked sums are (B, 1, T) x (B, T, 80) batched
-    matmuls, and padding is zeroed by a multiply (a broadcast `where` costs 7x more on CPU);
+    matmuls, and padding is zeroed by a multiply (a broadcast `where` is several times slower on CPU);
     every implementation fills padded frames with finite values, so 0 * x is exact.
     """
     valid = _valid(frame_lengths, feats.shape[1], feats.dtype)  # (B, T)
