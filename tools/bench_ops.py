@@ -30,7 +30,7 @@ from baselines import fairseq_compute_mask_indices  # noqa: E402
 from wavlm_ds.memory import LiveBytes  # noqa: E402
 from wavlm_ds.ops.attention import attention_reference  # noqa: E402
 from wavlm_ds.ops.blocked_attention import blocked_attention  # noqa: E402
-from wavlm_ds.ops.logmel import CHUNK_FRAMES, log_mel  # noqa: E402
+from wavlm_ds.ops.logmel import CHUNK_FRAMES, log_mel, mel_power  # noqa: E402
 from wavlm_ds.ops.span_mask import span_mask  # noqa: E402
 
 
@@ -72,17 +72,16 @@ def timeit(fns: dict[str, Callable], repeats: int, warmup: int = 3) -> dict[str,
     return {k: statistics.median(v) for k, v in interleaved(fns, repeats, warmup).items()}
 
 
-def blocked_floor(audio: torch.Tensor, window: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
-    """The floor of our blocked path: interior frames only, per ~1024-frame block: window,
-    rfft, re*re + im*im, mel matmul. No log, no edge frames, no normalization."""
+def blocked_floor(audio: torch.Tensor) -> torch.Tensor:
+    """The floor of our blocked path: interior frames only, per ~1024-frame block, the same
+    window + rfft + re*re+im*im + mel matmul (`mel_power`). No log, no edge frames, no
+    normalization."""
     B = audio.shape[0]
     view = audio.unfold(1, 400, 160)
     step = max(1, CHUNK_FRAMES // B)
-    out = audio.new_empty(B, view.shape[1], fb.shape[1])
+    out = audio.new_empty(B, view.shape[1], 80)
     for c0 in range(0, view.shape[1], step):
-        spec = torch.view_as_real(torch.fft.rfft(view[:, c0:c0 + step] * window))
-        power = torch.mul(spec[..., 0], spec[..., 0]).addcmul_(spec[..., 1], spec[..., 1])
-        out[:, c0:c0 + step] = power @ fb
+        out[:, c0:c0 + step] = mel_power(view[:, c0:c0 + step])
     return out
 
 
@@ -102,8 +101,7 @@ def bench_logmel(repeats: int) -> dict:
                audio[i:i + 1], num_mel_bins=80, dither=0.0) for i in range(8)],
            "floor: bare torch.stft + mel matmul": lambda: torch.stft(
                audio, 400, 160, window=window, return_complex=True).abs().pow(2).transpose(1, 2) @ fb,
-           "floor, blocked: rfft + re*re+im*im + mel matmul per block": lambda: blocked_floor(
-               audio, window, fb)}
+           "floor, blocked: rfft + re*re+im*im + mel matmul per block": lambda: blocked_floor(audio)}
     return {"shape": "8 x 16 s", "median_s": timeit(fns, repeats),
             "alone": one_at_a_time({k: fns[k] for k in list(fns)[:3]}, repeats)}
 
@@ -122,7 +120,8 @@ def bench_mask(repeats: int) -> dict:
            "fairseq compute_mask_indices (numpy)": lambda: fairseq_compute_mask_indices(
                (64, 800), padding, p, 10, 2, rng)}
     return {"shape": "64 x 800", "fairseq_mask_prob": p,
-            "fairseq_effective_ratio": float(effective), "median_s": timeit(fns, repeats)}
+            "fairseq_effective_ratio": float(effective), "median_s": timeit(fns, repeats),
+            "alone": one_at_a_time({k: fns[k] for k in list(fns)[::2]}, repeats)}
 
 
 ATTN = {"reference": attention_reference, "blocked": blocked_attention}
@@ -167,6 +166,14 @@ def bench_attention(threads: int) -> dict:
     return {"shape": "B=4 H=16 T=800 Dh=64, fwd+bwd", "variants": out}
 
 
+def print_alone(alone: dict[str, dict[str, float]], baseline: str) -> None:
+    base = alone[baseline]["median_s"]
+    print("\none variant at a time\n| variant | median s | x faster | page faults per call |"
+          "\n|---|---|---|---|")
+    for k, x in alone.items():
+        print(f"| {k} | {x['median_s']:.5f} | {base / x['median_s']:.2f} | {x['page_faults']:.0f} |")
+
+
 def print_table(name: str, medians: dict[str, float], baseline: str) -> None:
     print(f"\n{name}\n| variant | median s | x faster than baseline |\n|---|---|---|")
     for k, v in medians.items():
@@ -191,16 +198,13 @@ def main(argv: list[str]) -> int:
     if "logmel" in only:
         result["logmel"] = r = bench_logmel(args.repeats)
         print_table(f"log-Mel, {r['shape']}", r["median_s"], "torchaudio MelSpectrogram + log")
-        base = r["alone"]["torchaudio MelSpectrogram + log"]["median_s"]
-        print("\none variant at a time\n| variant | median s | x faster | page faults per call |"
-              "\n|---|---|---|---|")
-        for k, x in r["alone"].items():
-            print(f"| {k} | {x['median_s']:.5f} | {base / x['median_s']:.2f} | {x['page_faults']:.0f} |")
+        print_alone(r["alone"], "torchaudio MelSpectrogram + log")
     if "mask" in only:
         result["mask"] = r = bench_mask(args.repeats)
         print_table(f"span mask, {r['shape']} (fairseq mask_prob {r['fairseq_mask_prob']} -> "
                     f"{r['fairseq_effective_ratio']:.3f} masked)", r["median_s"],
                     "fairseq compute_mask_indices (numpy)")
+        print_alone(r["alone"], "fairseq compute_mask_indices (numpy)")
     if "attention" in only:
         result["attention"] = r = bench_attention(args.threads)
         v = r["variants"]
