@@ -41,7 +41,13 @@ class ModelConfig:
     activation_dropout: float = 0.0
     layerdrop: float = 0.05
     init_std: float = 0.02
-    attention_impl: Literal["auto", "reference", "blocked", "flex"] = "auto"
+    # auto: sdpa (or flex where tools/gpu_selftest.py proved it) on CUDA, blocked on CPU
+    attention_impl: Literal["auto", "reference", "blocked", "sdpa", "flex"] = "auto"
+    # Self-made CUDA fast paths (flex attention, Triton log-Mel): auto = where the self-test
+    # record proved them on this GPU model, force = always (CUDA only), off = never.
+    fast_paths: Literal["auto", "force", "off"] = "auto"
+    selftest_record: str = ""  # default: inside the venv (wavlm_ds/ops/gpu_gate.py)
+    compile: bool = False  # regional torch.compile of each transformer block
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -62,6 +68,11 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout", "activation_dropout", "layerdrop"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"model.{name}", f"{value} is outside [0, 1)", "")
+        _require(self.attention_dropout == 0 or self.attention_impl not in ("blocked", "flex"),
+                 "model.attention_impl",
+                 f"{self.attention_impl!r} has no attention dropout, but model.attention_dropout"
+                 f" = {self.attention_dropout}",
+                 "set model.attention_dropout: 0.0, or model.attention_impl: sdpa (or auto)")
 
     @property
     def head_dim(self) -> int:
@@ -89,6 +100,7 @@ class DataConfig:
     resampled: bool = False  # infinite stream (shards drawn with replacement) instead of epochs
     allow_pipe: bool = False  # `pipe:` URLs run a shell command: off unless asked for
     num_workers: int = 2
+    noise_workers: int = 1  # DataLoader workers decoding the noise stream (0: in-process)
     shuffle_buffer: int = 256
     bucket_batches: int = 8  # batches sorted together by length to keep padding low
     max_duration_s: float = 16.0
@@ -115,6 +127,7 @@ class DataConfig:
         _require(0.0 < self.mix_max_fraction <= 1.0, "data.mix_max_fraction",
                  f"{self.mix_max_fraction} not in (0, 1]", "")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0", "")
+        _require(self.noise_workers >= 0, "data.noise_workers", "must be >= 0", "")
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1", "")
         _require(self.bucket_batches >= 1, "data.bucket_batches", "must be >= 1", "")
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from wavlm_ds.config import ModelConfig
-from wavlm_ds.ops.attention import gated_bias_attention
+from wavlm_ds.ops.attention import BlockMask, gated_bias_attention
 
 
 def relative_position_bucket(relative: torch.Tensor, num_buckets: int,
@@ -70,11 +70,14 @@ class GatedRelPosAttention(nn.Module):
         return gate.transpose(1, 2)  # (B, H, T)
 
     def forward(self, h: torch.Tensor, rel_bias: torch.Tensor,
-                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None, block_mask: BlockMask | None = None,
+                impl: str | None = None) -> torch.Tensor:
+        """h (B, T, D); impl: the path the encoder chose for this forward (None: the
+        config's); block_mask: flex's padding mask, shared by all layers."""
         B, T, D = h.shape
         qkv = self.qkv(h).view(B, T, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, Dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, Dh)
         out = gated_bias_attention(q, k, v, self.gate(h), rel_bias.to(h.dtype), key_padding_mask,
                                    dropout_p=self.dropout_p if self.training else 0.0,
-                                   impl=self.impl)  # (B, H, T, Dh)
+                                   impl=impl or self.impl, block_mask=block_mask)  # (B, H, T, Dh)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))

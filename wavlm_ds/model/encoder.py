@@ -26,6 +26,8 @@ from torch.utils.checkpoint import checkpoint
 from wavlm_ds.config import ModelConfig
 from wavlm_ds.model.attention import GatedRelPosAttention, RelativePositionTable
 from wavlm_ds.model.frontend import FrontEnd, encoder_lengths
+from wavlm_ds.ops.attention import BlockMask, choose_impl, flex_block_mask
+from wavlm_ds.ops.checks import assert_on_device
 
 
 @dataclass
@@ -67,9 +69,10 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.activation_dropout = nn.Dropout(cfg.activation_dropout)
 
-    def forward(self, x: torch.Tensor, rel_bias: torch.Tensor,
-                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attn_norm(x), rel_bias, key_padding_mask))
+    def forward(self, x: torch.Tensor, rel_bias: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                block_mask: BlockMask | None = None, impl: str = "auto") -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attn_norm(x), rel_bias, key_padding_mask,
+                                            block_mask, impl))
         h = self.activation_dropout(F.gelu(self.ffn_in(self.ffn_norm(x))))
         return x + self.dropout(self.ffn_out(h))
 
@@ -85,6 +88,7 @@ class WavLMEncoder(nn.Module):
         self.rel_pos = RelativePositionTable(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.model_dim)
+        self.compiled = False  # set by wavlm_ds.model.compile.compile_blocks
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -98,7 +102,11 @@ class WavLMEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor,
                 mask: torch.Tensor | None = None, output_hidden_states: bool = False,
-                layerdrop_generator: torch.Generator | None = None) -> EncoderOutput:
+                layerdrop_generator: torch.Generator | None = None,
+                host_frame_lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """features (B, T_in, 80), frame_lengths (B,) on the features' device;
+        host_frame_lengths: the same lengths on the host, if the caller has them (the
+        trainer does), so that "is anything padded?" is answered without a device sync."""
         check_inputs(features, frame_lengths, mask, self.cfg.num_mel_bins)
         T_in = features.shape[1]
         frame_valid = torch.arange(T_in, device=features.device) < frame_lengths[:, None]
@@ -107,19 +115,31 @@ class WavLMEncoder(nn.Module):
         dtype = self.frontend.proj_in.weight.dtype
         x = self.frontend(features.to(dtype), frame_valid, mask)  # (B, T_enc, D)
         lengths = encoder_lengths(frame_lengths, self.cfg.frame_stack)
+        host = None if host_frame_lengths is None else encoder_lengths(host_frame_lengths,
+                                                                       self.cfg.frame_stack)
         return self.encode_sequence(x, lengths, output_hidden_states,
-                                    self.layerdrop_decisions(layerdrop_generator))
+                                    self.layerdrop_decisions(layerdrop_generator), host)
+
+    def attention_impl(self, device: torch.device) -> str:
+        """The attention path this forward runs (`ops.attention.choose_impl`)."""
+        dropout_p = self.cfg.attention_dropout if self.training else 0.0
+        return choose_impl(self.cfg.attention_impl, device, dropout_p, self.compiled)
 
     def encode_sequence(self, x: torch.Tensor, lengths: torch.Tensor,
-                        output_hidden_states: bool = False,
-                        dropped: list[bool] | None = None) -> EncoderOutput:
+                        output_hidden_states: bool = False, dropped: list[bool] | None = None,
+                        host_lengths: torch.Tensor | None = None) -> EncoderOutput:
         """The transformer part on projected frames x (B, T_enc, D) with valid `lengths`."""
         padding = torch.arange(x.shape[1], device=x.device) >= lengths[:, None]  # (B, T_enc)
         x = x.masked_fill(padding[..., None], 0.0)
         x = self.dropout(self.pos_norm(x + self.pos_conv(x)))
         rel_bias = self.rel_pos(x.shape[1])  # (H, 2T - 1), shared by all blocks
+        impl = self.attention_impl(x.device)
+        block_mask = None  # flex: one block mask per forward, shared by every layer
+        if impl == "flex" and is_padded(lengths if host_lengths is None else host_lengths,
+                                        x.shape[1]):
+            block_mask = flex_block_mask(padding)
         return self.run_blocks(x, rel_bias, padding, lengths, output_hidden_states,
-                               dropped or [False] * self.cfg.num_layers)
+                               dropped or [False] * self.cfg.num_layers, block_mask, impl)
 
     def layerdrop_decisions(self, generator: torch.Generator | None) -> list[bool]:
         if not (self.training and self.cfg.layerdrop > 0):
@@ -132,23 +152,34 @@ class WavLMEncoder(nn.Module):
         return (torch.rand(self.cfg.num_layers, generator=generator) < self.cfg.layerdrop).tolist()
 
     def run_blocks(self, x: torch.Tensor, rel_bias: torch.Tensor, padding: torch.Tensor,
-                   lengths: torch.Tensor, output_hidden_states: bool,
-                   dropped: list[bool]) -> EncoderOutput:
+                   lengths: torch.Tensor, output_hidden_states: bool, dropped: list[bool],
+                   block_mask: BlockMask | None = None, impl: str = "auto") -> EncoderOutput:
         outputs = [x] if output_hidden_states else None
+        key_padding = None if impl == "flex" else padding  # flex: padding is the block mask
         for block, drop in zip(self.blocks, dropped):
             if drop:
                 # Keep the skipped block's gradients defined (zeros): ZeRO-2 reduces
                 # gradients in buckets that must hold the same parameters on every rank.
                 x = x + 0.0 * sum(p.sum() for p in block.parameters()).to(x.dtype)
             elif self.cfg.activation_checkpointing and self.training:
-                x = checkpoint(block, x, rel_bias, padding, use_reentrant=False)
+                x = checkpoint(block, x, rel_bias, key_padding, block_mask, impl,
+                               use_reentrant=False)
             else:
-                x = block(x, rel_bias, padding)
+                x = block(x, rel_bias, key_padding, block_mask, impl)
             x = x.masked_fill(padding[..., None], 0.0)
             if outputs is not None:
                 outputs.append(x)
         hidden = self.final_norm(x).masked_fill(padding[..., None], 0.0)
         return EncoderOutput(hidden, lengths, padding, outputs)
+
+
+def is_padded(lengths: torch.Tensor, T: int) -> bool:
+    """Whether any row is shorter than T. Decided on the host only: for lengths on a GPU
+    the answer would cost a device sync, so it is assumed True (a block mask that masks
+    nothing is still correct)."""
+    if lengths.device.type != "cpu":
+        return True
+    return bool((lengths < T).any())
 
 
 def check_inputs(features: torch.Tensor, frame_lengths: torch.Tensor, mask: torch.Tensor | None,
@@ -174,9 +205,5 @@ def check_inputs(features: torch.Tensor, frame_lengths: torch.Tensor, mask: torc
             raise ValueError(f"mask: expected shape {(B, T)} aligned to input frames, got "
                              f"{tuple(mask.shape)}")
     ok = (frame_lengths > 0).all() & (frame_lengths <= T).all()
-    if frame_lengths.device.type == "cpu":
-        if not bool(ok):
-            raise ValueError(f"frame_lengths: every value must be in [1, {T}] (the padded "
-                             f"length), got {frame_lengths.tolist()}")
-    else:
-        torch._assert_async(ok, "frame_lengths out of [1, T]")
+    assert_on_device(ok, lambda: f"frame_lengths: every value must be in [1, {T}] (the padded "
+                     f"length), got {frame_lengths.tolist()}", "frame_lengths out of [1, T]")

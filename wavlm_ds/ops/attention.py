@@ -10,11 +10,20 @@ does; the fast paths in this package never do.
 
 Shapes: q, k, v (B, H, T, Dh); gate (B, H, T); rel_bias (H, 2T - 1);
 key_padding_mask (B, T) bool, True where the key is padding. Returns (B, H, T, Dh).
+
+Paths: `reference` (explicit bias, with dropout), `blocked` (CPU, O(T) extra memory, a
+custom autograd over query blocks), `sdpa` (torch's scaled_dot_product_attention with the
+bias built once per layer as a float mask: the memory-efficient kernel on CUDA, the
+default there) and `flex` (FlexAttention with the factorized bias as a score_mod; CUDA,
+once the self-test proved it on that GPU model). `choose_impl` says which runs where.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from wavlm_ds.ops.blocked_attention import blocked_attention
 from wavlm_ds.ops.gpu_gate import cuda_fast_path_enabled
@@ -43,29 +52,71 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate:
     return torch.matmul(probs, v)
 
 
+def padded_bias(gate: torch.Tensor, rel_bias: torch.Tensor,
+                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """The gated bias as an SDPA float mask (B, H, T, T) in gate's dtype, padding folded in
+    as -inf, stored with its last dim rounded up to a multiple of 8 and returned as a view:
+    the memory-efficient kernel needs 16-byte aligned rows and would pad a copy per call."""
+    B, H, T = gate.shape
+    T8 = -(-T // 8) * 8
+    pos = torch.arange(T, device=gate.device)
+    cols = torch.arange(T8, device=gate.device)
+    offsets = (cols[None, :] - pos[:, None] + (T - 1)).clamp(max=2 * T - 2)  # (T, T8)
+    bias = gate.unsqueeze(-1) * rel_bias[:, offsets].to(gate.dtype).unsqueeze(0)  # (B, H, T, T8)
+    if key_padding_mask is not None:
+        keys = F.pad(key_padding_mask, (0, T8 - T), value=True)  # (B, T8)
+        bias = bias.masked_fill(keys[:, None, None, :], float("-inf"))
+    return bias[..., :T]
+
+
+def sdpa_gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
+                         rel_bias: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                         dropout_p: float = 0.0) -> torch.Tensor:
+    """torch's scaled_dot_product_attention with the gated bias as a float attn_mask.
+
+    On CUDA a call that needs gradients runs only the memory-efficient kernel (the one fused
+    backend that takes a float mask and returns its gradient: flash takes no mask, cuDNN
+    gives no mask gradient), so a fall back to the math kernel is an error, not a silent
+    slowdown; calls without grad may also use cuDNN. On CPU torch picks (the math kernel:
+    CPU flash refuses a mask that needs grad).
+    """
+    bias = padded_bias(gate.to(q.dtype), rel_bias, key_padding_mask)
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    backends = [SDPBackend.EFFICIENT_ATTENTION]
+    if not torch.is_grad_enabled():
+        backends.append(SDPBackend.CUDNN_ATTENTION)
+    with sdpa_kernel(backends):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+
+
+def flex_block_mask(key_padding_mask: torch.Tensor) -> BlockMask:
+    """One block mask for a batch's key padding (B, T) bool, True = padding; the encoder
+    builds it once per forward and every layer shares it (create_block_mask costs far more
+    than a kernel launch)."""
+    keep = ~key_padding_mask
+    B, T = key_padding_mask.shape
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return keep[b, kv_idx]
+
+    return create_block_mask(mask_mod, B, None, T, T, device=key_padding_mask.device)
+
+
 def flex_gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
-                         rel_bias: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+                         rel_bias: torch.Tensor, block_mask: BlockMask | None = None
                          ) -> torch.Tensor:
     """FlexAttention with the factorized bias as a score_mod (compiled; CUDA for training).
 
-    On CPU (torch 2.11) the compiled forward works but its backward raises
-    NotImplementedError, and flex_attention has no dropout argument.
+    The score_mod reads T from rel_bias's size (2T - 1), never from a Python int in its
+    closure, so one compiled graph serves every length (automatic dynamic shapes). On CPU
+    (torch 2.11) the compiled forward works but its backward raises NotImplementedError;
+    flex_attention has no dropout argument.
     """
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    T = q.shape[-2]
-
     def score_mod(score, b, h, q_idx, kv_idx):
-        return score + gate[b, h, q_idx] * rel_bias[h, kv_idx - q_idx + T - 1]
+        centre = (rel_bias.shape[-1] - 1) // 2  # T - 1
+        return score + gate[b, h, q_idx] * rel_bias[h, kv_idx - q_idx + centre]
 
-    block_mask = None
-    if key_padding_mask is not None:
-        keep = ~key_padding_mask
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return keep[b, kv_idx]
-
-        block_mask = create_block_mask(mask_mod, q.shape[0], None, T, T, device=q.device)
     return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask)
 
 
@@ -75,42 +126,57 @@ _FLEX = None
 def _compiled_flex():
     global _FLEX
     if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
-        _FLEX = torch.compile(flex_attention)
+        # dynamic=None: the first length compiles static, the second marks T dynamic.
+        # (dynamic=True with a BlockMask fails in inductor's C++ backend with torch 2.11.)
+        _FLEX = torch.compile(flex_attention, dynamic=None)
     return _FLEX
 
 
-def choose_impl(impl: str, device: torch.device, dropout_p: float) -> str:
-    """'auto' -> the fastest path allowed here.
+def choose_impl(impl: str, device: torch.device, dropout_p: float, compiled: bool = False) -> str:
+    """'auto' -> the implementation to run here.
 
-    CUDA with a passed self-test (or forced): flex. Attention dropout > 0: reference (the
-    fused paths have none). Otherwise blocked, the memory-lean path on any device.
+    CUDA: `flex` where the self-test proved it exact and faster on this GPU model (or
+    model.fast_paths is force) and there is no attention dropout, else `sdpa` (torch's own
+    fused kernel, which needs no self-test). Never `blocked`, a Python loop of small ops.
+    CPU: `blocked` (memory-lean) unless the blocks are compiled (`sdpa`: one graph for every
+    length, where blocked's loop would unroll per length) or attention dropout > 0
+    (`reference`, the explicit-bias path with dropout).
     """
     if impl != "auto":
         return impl
+    if device.type == "cuda":
+        if dropout_p == 0 and cuda_fast_path_enabled("attention_flex", device):
+            return "flex"
+        return "sdpa"
     if dropout_p > 0:
         return "reference"
-    if cuda_fast_path_enabled("attention", device):
-        return "flex"
-    return "blocked"
+    return "sdpa" if compiled else "blocked"
 
 
 def gated_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
                          rel_bias: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                         dropout_p: float = 0.0, impl: str = "auto") -> torch.Tensor:
-    """Dispatch: 'auto' | 'reference' (explicit bias) | 'blocked' (CPU/any, lean) | 'flex'.
+                         dropout_p: float = 0.0, impl: str = "auto",
+                         block_mask: BlockMask | None = None) -> torch.Tensor:
+    """Dispatch: 'auto' | 'reference' (explicit bias) | 'blocked' (CPU, lean) | 'sdpa'
+    (torch's fused kernel, the CUDA default) | 'flex'.
 
-    Attention dropout exists only on the reference path; asking a fused path for it is an
-    error (auto falls back to the reference instead).
+    `flex` takes its padding as `block_mask` (built once per forward by the caller, None
+    when nothing is padded); given only `key_padding_mask` it builds one here. Attention
+    dropout exists on 'reference' and 'sdpa'; asking blocked or flex for it is an error.
     """
     chosen = choose_impl(impl, q.device, dropout_p)
     if chosen == "reference":
         return attention_reference(q, k, v, gate, rel_bias, key_padding_mask, dropout_p)
+    if chosen == "sdpa":
+        return sdpa_gated_attention(q, k, v, gate, rel_bias, key_padding_mask, dropout_p)
+    if chosen not in ("blocked", "flex"):
+        raise ValueError(f"unknown attention impl {impl!r}; use auto, reference, blocked, "
+                         "sdpa or flex")
     if dropout_p > 0:
         raise ValueError(f"attention impl {chosen!r} has no attention dropout; set "
-                         "model.attention_dropout: 0.0 or model.attention_impl: reference")
+                         "model.attention_dropout: 0.0 or model.attention_impl: sdpa")
     if chosen == "blocked":
         return blocked_attention(q, k, v, gate, rel_bias, key_padding_mask)
-    if chosen == "flex":
-        return flex_gated_attention(q, k, v, gate, rel_bias, key_padding_mask)
-    raise ValueError(f"unknown attention impl {impl!r}; use auto, reference, blocked or flex")
+    if block_mask is None and key_padding_mask is not None:
+        block_mask = flex_block_mask(key_padding_mask)
+    return flex_gated_attention(q, k, v, gate, rel_bias, block_mask)

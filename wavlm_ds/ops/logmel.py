@@ -32,6 +32,8 @@ import functools
 
 import torch
 
+from wavlm_ds.ops.checks import assert_on_device
+
 SAMPLE_RATE, WIN, HOP, N_MELS = 16000, 400, 160, 80
 HTK_FLOOR = 1e-10
 NORM_EPS = 1e-5
@@ -80,13 +82,14 @@ def _check(audio: torch.Tensor, lengths: torch.Tensor, mode: str) -> None:
     # one pass, no temporaries: NaN propagates into both, +-inf shows in one of them
     ok = ((lengths >= minimum).all() & (lengths <= audio.shape[1]).all()
           & torch.isfinite(lo) & torch.isfinite(hi))
-    if audio.device.type != "cpu":
-        torch._assert_async(ok, "log_mel: lengths out of range or non-finite audio")
-    elif not bool(ok):
+
+    def describe() -> str:
         bad = ~torch.isfinite(audio).all(dim=1) | (lengths < minimum) | (lengths > audio.shape[1])
-        raise ValueError(f"log_mel: rows {bad.nonzero().flatten().tolist()} have non-finite "
-                         f"samples or a length outside [{minimum}, {audio.shape[1]}] (mode "
-                         f"{mode}); lengths={lengths.tolist()}")
+        return (f"log_mel: rows {bad.nonzero().flatten().tolist()} have non-finite samples or a "
+                f"length outside [{minimum}, {audio.shape[1]}] (mode {mode}); "
+                f"lengths={lengths.tolist()}")
+
+    assert_on_device(ok, describe, "log_mel: lengths out of range or non-finite audio")
 
 
 def _frame_indices(lengths: torch.Tensor, frames: torch.Tensor, mode: str) -> torch.Tensor:
@@ -195,6 +198,17 @@ def normalize_per_segment(feats: torch.Tensor, frame_lengths: torch.Tensor) -> t
     return centered.mul_(torch.rsqrt(var + NORM_EPS)).mul_(valid[..., None])
 
 
+def resolve_impl(mode: str, device: torch.device) -> str:
+    """What impl='auto' runs for `mode` on `device`: 'triton' where the gate allows it, else
+    'torch' for htk (the gathered 'reference' is kaldi mode's one implementation)."""
+    if mode == "htk" and device.type == "cuda":
+        from wavlm_ds.ops import triton_logmel
+        from wavlm_ds.ops.gpu_gate import cuda_fast_path_enabled
+        if triton_logmel.available() and cuda_fast_path_enabled("logmel_triton", device):
+            return "triton"
+    return "torch" if mode == "htk" else "reference"
+
+
 def log_mel(audio: torch.Tensor, lengths: torch.Tensor, mode: str = "htk",
             normalize: bool = True, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Batched log-Mel; see the module docstring.
@@ -202,7 +216,8 @@ def log_mel(audio: torch.Tensor, lengths: torch.Tensor, mode: str = "htk",
     impl: 'reference' gathers every frame explicitly; 'torch' uses torch.stft for htk mode
     (kaldi mode has one implementation, the gathered one); 'triton' is the fused kernel
     (htk, CUDA, or CPU under TRITON_INTERPRET=1); 'auto' picks 'triton' on a CUDA device
-    whose self-test passed (wavlm_ds.ops.gpu_gate, op 'logmel') or when forced, else 'torch'.
+    whose self-test proved it (wavlm_ds.ops.gpu_gate, op 'logmel_triton') or when
+    model.fast_paths is 'force', else 'torch' (see `resolve_impl`).
     """
     if mode not in ("htk", "kaldi"):
         raise ValueError(f"mode={mode!r}: use 'htk' or 'kaldi'")
@@ -210,11 +225,8 @@ def log_mel(audio: torch.Tensor, lengths: torch.Tensor, mode: str = "htk",
         raise ValueError(f"impl={impl!r}: use 'auto', 'torch', 'reference' or 'triton'")
     if impl == "triton" and mode != "htk":
         raise ValueError("impl='triton' computes htk mode only; use impl='auto' for kaldi")
-    if impl == "auto" and mode == "htk" and audio.device.type == "cuda":
-        from wavlm_ds.ops import triton_logmel
-        from wavlm_ds.ops.gpu_gate import cuda_fast_path_enabled
-        if triton_logmel.available() and cuda_fast_path_enabled("logmel", audio.device):
-            impl = "triton"
+    if impl == "auto":
+        impl = resolve_impl(mode, audio.device)
     _check(audio, lengths, mode)
     frame_lengths = num_frames(lengths, mode)
     S = audio.shape[1]

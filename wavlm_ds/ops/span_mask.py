@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from wavlm_ds.ops.checks import assert_on_device
+
 JITTER_BITS = 20  # resolution of the integer uniforms that place the spans
 
 
@@ -43,8 +45,8 @@ def _check(lengths: torch.Tensor, T: int, ratio: float, span: int) -> None:
     if (not torch.compiler.is_compiling() and lengths.device.type == "cpu"
             and lengths.numel()):
         lo, hi = torch.aminmax(lengths)
-        if lo.item() < 0 or hi.item() > T:
-            raise ValueError(f"lengths: every value must be in [0, {T}], got {lengths.tolist()}")
+        assert_on_device((lo >= 0) & (hi <= T), lambda: f"lengths: every value must be in "
+                         f"[0, {T}], got {lengths.tolist()}", "span_mask: lengths out of [0, T]")
 
 
 def max_spans(T: int, ratio: float, span: int) -> int:
