@@ -22,17 +22,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import yaml
+from wavlm_ds.prebuild_ops import use_prebuilt_ops
 
-from wavlm_ds import engine as E
-from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, fault_point, is_universal,
-                                 load_universal, resolve_resume)
-from wavlm_ds.config import RunConfig, check_batch_arithmetic, load_config, to_dict, ConfigError
-from wavlm_ds.data import EvalLoader, TrainLoader
-from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu
-from wavlm_ds.model.flops import forward_flops
-from wavlm_ds.objectives.reconstruction import baseline_loss_sums
+use_prebuilt_ops()  # before DeepSpeed is imported: every node loads the venv's prebuilt ops
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from wavlm_ds import engine as E  # noqa: E402
+from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, fault_point,  # noqa: E402
+                                 is_universal, load_universal, resolve_resume)
+from wavlm_ds.config import (RunConfig, check_batch_arithmetic, load_config, to_dict,  # noqa: E402
+                             ConfigError)
+from wavlm_ds.data import EvalLoader, TrainLoader  # noqa: E402
+from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu  # noqa: E402
+from wavlm_ds.objectives.reconstruction import baseline_loss_sums  # noqa: E402
 
 EXIT_PREEMPTED = 75
 EXIT_NONFINITE = 3
@@ -163,8 +167,14 @@ def main(argv: list[str]) -> int:
     cfg = load_config(args.config, args.set)
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     ds = load_ds_config(args.deepspeed_config, run_dir, cfg)
-    rank, world, _ = E.dist_env()
+    rank, world, local_rank = E.dist_env()
     micro, accum, max_steps = validate(cfg, ds, world, args.deepspeed_config)
+    device = E.training_device(local_rank)
+    E.check_device_config(cfg, device)
+    cfg, paths = E.resolve_fast_paths(cfg, device)
+    log.info("rank %d: attention %s, log-Mel %s, compile %s on %s (fast_paths %s, record %s)",
+             rank, paths["attention_impl"], paths["logmel_impl"], paths["compile"],
+             paths["device"], paths["fast_paths"], paths["selftest_record"])
     streams = Streams.build(cfg, micro, rank, world)  # validates shards vs ranks x workers
     ckpt_root, resume_tag = resolve_resume(args.resume, run_dir / "checkpoints")
     universal = resume_tag is not None and is_universal(ckpt_root / resume_tag)
@@ -177,6 +187,7 @@ def main(argv: list[str]) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         (run_dir / "ds_config.json").write_text(json.dumps(ds, indent=2))
+        (run_dir / "summary.json").write_text(json.dumps({"implementations": paths}, indent=2))
     engine = E.build_engine(cfg, ds, rank)
     device = engine.device
     ckpt = CheckpointManager(run_dir / "checkpoints", rank, world,
@@ -187,11 +198,11 @@ def main(argv: list[str]) -> int:
         streams.load_state_dict(state)
     elif resume_tag is not None:
         state = CheckpointManager(ckpt_root, rank, world, 1).load(engine, resume_tag)
-        torch.set_rng_state(state["rng_cpu"])
+        E.set_rng_state(state, device)
         streams.load_state_dict(state)
     try:
         code = run(engine, cfg, streams, ckpt, state, run_dir, accum, max_steps, rank, world,
-                   device)
+                   device, paths)
     except CheckpointError as err:  # every rank raises it together (e.g. disk full)
         log.error("%s", err)
         code = EXIT_SAVE_FAILED
@@ -203,14 +214,15 @@ def main(argv: list[str]) -> int:
 
 
 def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state: dict,
-        run_dir: Path, accum: int, max_steps: int, rank: int, world: int, device) -> int:
+        run_dir: Path, accum: int, max_steps: int, rank: int, world: int, device,
+        paths: dict) -> int:
     stop = StopFlag()
     writer = MetricsWriter(run_dir, engine.monitor, rank == 0, max_steps, state["step"],
                            cfg.logging.progress_bar)
+    writer.write_info(state["step"], "implementations", paths)
     peak = device_peak_tflops(device)
     noise_iter = iter(streams.noise) if streams.noise is not None else None
     data_iter = iter(streams.train)
-    objective = engine.module.objective
     key_log = None
     if cfg.logging.log_sample_keys:
         (run_dir / "sample_keys").mkdir(parents=True, exist_ok=True)
@@ -221,36 +233,18 @@ def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state
             fault_point(f"step{step}", rank)
             t0 = time.perf_counter()
             batches = [next(data_iter) for _ in range(accum)]
-            micros = [E.prepare_micro(b, cfg, device, step, i, rank,
-                                      noise=next(noise_iter) if noise_iter else None)
-                      for i, b in enumerate(batches)]
-            count = E.global_sum([sum(objective.count(mb.mask) for mb in micros)], device)[0].item()
+            noises = [next(noise_iter) if noise_iter else None for _ in range(accum)]
             lr = engine.get_lr()[0]
-            loss_sum, stats = train_step(engine, cfg, micros, accum * world / max(count, 1.0), step, rank)
+            result = E.optimizer_step(engine, cfg, batches, noises, step, rank, world,
+                                      stop.requested)
             applied = engine.was_step_applied()
             state["consecutive_skips"] = 0 if applied else state["consecutive_skips"] + 1
             state["skipped_total"] += 0 if applied else 1
-            names = sorted(stats)
-            totals = E.global_sum([loss_sum, float(stop.requested),
-                                   sum(mb.audio_seconds for mb in micros),
-                                   float(sum(mb.features.shape[0] for mb in micros)),
-                                   sum(mb.mask.sum() for mb in micros),
-                                   sum(mb.frame_lengths.sum() for mb in micros)]
-                                  + [stats[k] for k in names], device)
+            stopping = result.total("stop").item() > 0  # the one host sync of a step
             step_time = time.perf_counter() - t0
             if step % cfg.logging.log_every_steps == 0:
-                flops = sum(3 * forward_flops(cfg.model, mb.features.shape[1], mb.features.shape[0])
-                            for mb in micros)
-                tflops = flops / step_time / 1e12
-                writer.write(step, {
-                    "loss": totals[0].item() / max(count, 1.0), "lr": lr,
-                    "masked_fraction": totals[4].item() / max(totals[5].item(), 1.0),
-                    "grad_norm": _float(engine.get_global_grad_norm()),
-                    "skipped_steps": state["skipped_total"],
-                    "samples_per_s": totals[3].item() / step_time,
-                    "audio_s_per_s": totals[2].item() / step_time, "step_time_s": step_time,
-                    "tflops_per_device": tflops, "mfu": mfu(tflops, peak),
-                    **{k: totals[6 + i].item() / max(count, 1.0) for i, k in enumerate(names)}})
+                writer.write(step, step_metrics(engine, cfg, result, step, step_time, lr, peak,
+                                                state["skipped_total"], world))
             if key_log is not None:
                 keys = [k for b in batches for k, ok in zip(b["keys"], b["valid"].tolist()) if ok]
                 key_log.write(json.dumps({"step": step, "epoch": batches[0]["epoch"], "keys": keys}) + "\n")
@@ -263,7 +257,6 @@ def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state
             if streams.valid is not None and (step % cfg.training.eval_every_steps == 0
                                               or step == max_steps):
                 writer.write(step, evaluate(engine, cfg, streams.valid, rank, device), prefix="valid")
-            stopping = totals[1].item() > 0
             if stopping or step % cfg.training.save_every_steps == 0 or step == max_steps:
                 save(engine, ckpt, cfg, state, streams, step)
             if stopping:
@@ -280,28 +273,25 @@ def run(engine, cfg: RunConfig, streams: Streams, ckpt: CheckpointManager, state
     return exit_code
 
 
-def train_step(engine, cfg: RunConfig, micros: list, scale: float, step: int,
-               rank: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step over the micro-batches; DeepSpeed steps at the last one.
+def step_metrics(engine, cfg: RunConfig, result, step: int, step_time: float, lr: float,
+                 peak: float | None, skipped: int, world: int) -> dict[str, float | None]:
+    """What a logging step writes (these host reads happen only on logging steps).
 
-    Each micro-batch's loss is its masked sum x (accum x world / global count): DeepSpeed
-    divides by accum in backward and averages over ranks, which leaves sum / global count.
-    """
-    loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
-    stats: dict[str, torch.Tensor] = {}
-    for i, mb in enumerate(micros):
-        layerdrop = E.make_generator("cpu", cfg.training.seed, E.LAYERDROP, step, i)
-        micro_loss, micro_stats = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask,
-                                         layerdrop, mb.extras)
-        poison = E.injected_poison(step, rank)
-        if poison is not None:
-            micro_loss = micro_loss * poison
-        engine.backward(micro_loss * scale)
-        engine.step()
-        loss_sum += micro_loss.detach().double()
-        for k, v in micro_stats.items():
-            stats[k] = stats.get(k, 0.0) + v.detach().double()
-    return loss_sum, stats
+    MFU counts model FLOPs (valid frames, layers that ran); HFU hardware FLOPs (padded, as
+    executed); both per device, this rank's step (see wavlm_ds/model/flops.py)."""
+    count = max(result.count.item(), 1.0)
+    totals = result.totals.tolist()
+    model_flops, hardware_flops = E.step_flops(cfg, result, step)
+    tflops, htflops = model_flops / step_time / 1e12, hardware_flops / step_time / 1e12
+    named = dict(zip(E.TOTALS, totals))
+    return {"loss": named["loss"] / count, "lr": lr,
+            "masked_fraction": named["masked"] / max(named["frames"], 1.0),
+            "grad_norm": _float(engine.get_global_grad_norm()), "skipped_steps": skipped,
+            "samples_per_s": named["rows"] / step_time,
+            "audio_s_per_s": named["audio_seconds"] / step_time, "step_time_s": step_time,
+            "tflops_per_device": tflops, "mfu": mfu(tflops, peak),
+            "hardware_tflops_per_device": htflops, "hfu": mfu(htflops, peak),
+            **{k: totals[len(E.TOTALS) + i] / count for i, k in enumerate(result.stat_names)}}
 
 
 def _float(value) -> float | None:
@@ -310,7 +300,7 @@ def _float(value) -> float | None:
 
 def save(engine, ckpt: CheckpointManager, cfg: RunConfig, state: dict, streams: Streams,
          step: int) -> None:
-    state.update(step=step, rng_cpu=torch.get_rng_state(), **streams.state_dict())
+    state.update(step=step, **E.rng_state(engine.device), **streams.state_dict())
     ckpt.save(engine, step, trainer_state=dict(state),
               client_state={"step": step, "run_config": to_dict(cfg)})
 

@@ -43,6 +43,7 @@ def summarize(run_dir: Path, export_dir: Path) -> dict:
     train = [r for r in rows if r["split"] == "train"]
     valid = [r for r in rows if r["split"] == "valid"]
     head, tail = train[:10], train[-10:]
+    impls = [r for r in rows if r["split"] == "implementations"]
     summary = {
         "steps": train[-1]["step"],
         "train_loss_start": statistics.median(r["loss"] for r in head),
@@ -50,7 +51,9 @@ def summarize(run_dir: Path, export_dir: Path) -> dict:
         "valid": valid[-1] if valid else None,
         "audio_s_per_s_median": statistics.median(r["audio_s_per_s"] for r in train),
         "step_time_s_median": statistics.median(r["step_time_s"] for r in train),
-        "export": str(export_dir), "curves": str(run_dir / "curves.png")}
+        "export": str(export_dir), "curves": str(run_dir / "curves.png"),
+        "implementations": {k: v for k, v in impls[-1].items() if k not in ("step", "split")}
+        if impls else None}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

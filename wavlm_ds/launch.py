@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def launcher_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: 2 ranks on 2 cores
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions"))
+    # TORCH_EXTENSIONS_DIR: train.py defaults it to the venv's prebuilt cache itself.
     env.update(extra or {})
     return env
 

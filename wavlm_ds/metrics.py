@@ -72,6 +72,11 @@ class MetricsWriter:
             self.bar.n = step
             self.bar.set_postfix({k: f"{clean[k]:.4g}" for k in ("loss", "lr") if k in clean})
 
+    def write_info(self, step: int, kind: str, values: dict) -> None:
+        """A one-off record (e.g. which implementations run) into the JSONL, once."""
+        if self.enabled:
+            self.jsonl.write(json.dumps({"step": step, "split": kind, **values}) + "\n")
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

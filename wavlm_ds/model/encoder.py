@@ -148,8 +148,7 @@ class WavLMEncoder(nn.Module):
             raise ValueError("layerdrop > 0 in training needs layerdrop_generator (a CPU "
                              "torch.Generator seeded identically on every rank); the global "
                              "RNG would make ranks disagree and resumes diverge")
-        # CPU generator: drawing the decisions needs no device sync.
-        return (torch.rand(self.cfg.num_layers, generator=generator) < self.cfg.layerdrop).tolist()
+        return draw_layerdrop(self.cfg.num_layers, self.cfg.layerdrop, generator)
 
     def run_blocks(self, x: torch.Tensor, rel_bias: torch.Tensor, padding: torch.Tensor,
                    lengths: torch.Tensor, output_hidden_states: bool, dropped: list[bool],
@@ -171,6 +170,11 @@ class WavLMEncoder(nn.Module):
                 outputs.append(x)
         hidden = self.final_norm(x).masked_fill(padding[..., None], 0.0)
         return EncoderOutput(hidden, lengths, padding, outputs)
+
+
+def draw_layerdrop(num_layers: int, p: float, generator: torch.Generator) -> list[bool]:
+    """Which layers to skip: one draw per layer from a CPU generator (no device sync)."""
+    return (torch.rand(num_layers, generator=generator) < p).tolist()
 
 
 def is_padded(lengths: torch.Tensor, T: int) -> bool:

@@ -34,6 +34,8 @@ class Objective(nn.Module):
                 extras: dict[str, torch.Tensor] | None = None) -> ObjectiveOutput:
         raise NotImplementedError
 
+    counts_masked_frames = True  # count() is mask.sum(): the host may know it in advance
+
     def count(self, mask: torch.Tensor) -> torch.Tensor:
         """What the loss is normalized by (summed over the step's micro-batches and ranks)."""
         return mask.sum()
@@ -49,8 +51,10 @@ class PretrainModel(nn.Module):
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor, frame_lengths: torch.Tensor,
                 mask: torch.Tensor, layerdrop_generator: torch.Generator | None = None,
-                extras: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
+                extras: dict[str, torch.Tensor] | None = None,
+                host_frame_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         enc_out = self.encoder(features, frame_lengths, mask=mask,
-                               layerdrop_generator=layerdrop_generator)
+                               layerdrop_generator=layerdrop_generator,
+                               host_frame_lengths=host_frame_lengths)
         out = self.objective(enc_out, targets, mask, extras)
         return out.loss_sum, out.stats

@@ -71,6 +71,8 @@ class BestRQ(Objective):
         sims = torch.einsum("btkd,kvd->btkv", F.normalize(proj, dim=-1), self.codebook.float())
         return sims.argmax(dim=-1)
 
+    counts_masked_frames = False  # masked encoder frames: known only on the device
+
     def count(self, mask: torch.Tensor) -> torch.Tensor:
         return encoder_frame_mask(mask, self.stride).sum()
 

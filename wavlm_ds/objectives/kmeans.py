@@ -26,6 +26,8 @@ class KMeansTargets(Objective):
         self.num_classes = cfg.num_classes
         self.head = nn.Linear(model_cfg.model_dim, cfg.num_classes)
 
+    counts_masked_frames = False  # masked encoder frames: known only on the device
+
     def count(self, mask: torch.Tensor) -> torch.Tensor:
         return encoder_frame_mask(mask, self.stride).sum()
 
