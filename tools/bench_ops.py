@@ -1,7 +1,12 @@
 """Time each op of wavlm_ds.ops against what users would otherwise run, in one run.
 
 usage: python tools/bench_ops.py [--only logmel,mask,attention] [--repeats 7] [--threads 1]
-                                 [--json runs/bench_ops.json]
+                                 [--device cpu|cuda] [--json runs/bench_ops.json]
+
+--device cuda times the same ops on the GPU (each call between two synchronizations, CUDA
+events around it): log-Mel (torch.stft path, Triton kernel, torchaudio), the masker, and
+attention fwd + bwd in bf16 for reference, blocked, sdpa and flex with
+torch.cuda.max_memory_allocated above the inputs.
 
 Medians over --repeats after warm-up, variants interleaved so machine noise hits all alike.
 Peak memory (attention) is measured in one subprocess per variant, two ways: the peak of
@@ -28,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import fairseq_compute_mask_indices  # noqa: E402
 
 from wavlm_ds.memory import LiveBytes  # noqa: E402
-from wavlm_ds.ops.attention import attention_reference  # noqa: E402
+from wavlm_ds.ops.attention import (attention_reference, flex_block_mask,  # noqa: E402
+                                    flex_gated_attention, sdpa_gated_attention)
 from wavlm_ds.ops.blocked_attention import blocked_attention  # noqa: E402
 from wavlm_ds.ops.logmel import CHUNK_FRAMES, log_mel, mel_power  # noqa: E402
 from wavlm_ds.ops.span_mask import span_mask  # noqa: E402
@@ -124,7 +130,8 @@ def bench_mask(repeats: int) -> dict:
             "alone": one_at_a_time({k: fns[k] for k in list(fns)[::2]}, repeats)}
 
 
-ATTN = {"reference": attention_reference, "blocked": blocked_attention}
+ATTN = {"reference": attention_reference, "blocked": blocked_attention,
+        "sdpa": sdpa_gated_attention}
 
 
 def attention_child(variant: str) -> None:
@@ -166,6 +173,59 @@ def bench_attention(threads: int) -> dict:
     return {"shape": "B=4 H=16 T=800 Dh=64, fwd+bwd", "variants": out}
 
 
+def cuda_time(fn: Callable, repeats: int, warmup: int = 3) -> float:
+    """Median seconds of fn() on the GPU (CUDA events, synchronized per call)."""
+    times = []
+    for i in range(warmup + repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def bench_cuda(repeats: int) -> dict:
+    """The ops on the GPU at the trainer's sizes (see the module docstring)."""
+    import torchaudio
+    dev = torch.device("cuda")
+    audio, lengths = torch.randn(64, 16 * 16000, device=dev) * 0.1, torch.full((64,), 16 * 16000,
+                                                                                device=dev)
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=80).to(dev)
+    out = {"logmel 64 x 16 s": {
+        "torch.stft path": cuda_time(lambda: log_mel(audio, lengths, impl="torch"), repeats),
+        "triton": cuda_time(lambda: log_mel(audio, lengths, impl="triton"), repeats),
+        "torchaudio MelSpectrogram + log": cuda_time(
+            lambda: torch.log(mel(audio).clamp(min=1e-10)), repeats)}}
+    frames = torch.randint(600, 801, (512,), device=dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    out["span_mask 512 x 800"] = {"eager": cuda_time(lambda: span_mask(frames, 800, 0.8, 10, gen),
+                                                     repeats)}
+    g = torch.Generator().manual_seed(0)
+    B, H, T, D = 4, 16, 800, 64
+    make = lambda *shape: torch.randn(*shape, generator=g).to(dev, torch.bfloat16).requires_grad_()  # noqa: E731
+    tensors = [make(B, H, T, D), make(B, H, T, D), make(B, H, T, D), make(B, H, T), make(H, 2 * T - 1)]
+    pad = torch.arange(T, device=dev)[None] >= torch.tensor([800, 700, 650, 800], device=dev)[:, None]
+    variants = dict(ATTN, flex=lambda q, k, v, gt, rb, p: flex_gated_attention(
+        q, k, v, gt, rb, flex_block_mask(p)))
+    attn = {}
+    for name, fn in variants.items():
+        try:
+            seconds = cuda_time(lambda: fn(*tensors, pad).sum().backward(), repeats)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn(*tensors, pad).sum().backward()
+            attn[name] = {"median_s": seconds,
+                          "peak_extra_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
+        except Exception as err:  # report and go on to the next variant
+            attn[name] = {"error": f"{type(err).__name__}: {str(err)[:200]}"}
+    out["attention B=4 H=16 T=800 Dh=64 bf16 fwd+bwd"] = attn
+    return out
+
+
 def print_alone(alone: dict[str, dict[str, float]], baseline: str) -> None:
     base = alone[baseline]["median_s"]
     print("\none variant at a time\n| variant | median s | x faster | page faults per call |"
@@ -186,9 +246,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--attention-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        result = {"device": torch.cuda.get_device_name(), **bench_cuda(args.repeats)}
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
     if args.attention_child:
         attention_child(args.attention_child)
         return 0

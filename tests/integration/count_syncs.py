@@ -40,7 +40,8 @@ def site_of(stack: list[traceback.FrameSummary]) -> str | None:
             while j > 0 and "/deepspeed/" in stack[j - 1].filename:
                 j -= 1
             return f"deepspeed:{stack[j].name}"
-        if f.startswith(str(ROOT)) and "/tests/" not in f:
+        if f.startswith(str(ROOT)) and not any(d in f for d in ("/tests/", "/.venv/",
+                                                                 "site-packages")):
             if "/wavlm_ds/data/" in f:
                 return None
             return f"ours:{Path(f).name}:{stack[i].name}"
