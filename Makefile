@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 SYSPKG_STAMP := $(VENV)/.syspkgs
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval compare clean
+.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval compare wheelhouse clean
 
 setup: $(STAMP) $(SYSPKG_STAMP)
 
@@ -83,6 +83,20 @@ eval: setup
 	@test -f $(DEMO_DIR)/export/model.safetensors || $(MAKE) demo
 	$(PY) tools/eval_report.py --upstream $(DEMO_DIR)/export --corpus $(DEMO_DIR)/corpus \
 	    --out-dir $(DEMO_DIR)/eval
+
+# Wheels that the lent GPU machine (Python 3.12 with torch + triton, no network) lacks, for
+# tools/gpu_check.sh: DeepSpeed built here from its sdist, the rest downloaded for cp312,
+# each at the version this venv runs. Into the ignored .whl/ (see BENCHMARKS.md for its size).
+GPU_WHEELS := hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions \
+	webdataset braceexpand soundfile cffi pycparser fsspec py-cpuinfo msgpack einops
+wheelhouse: setup
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w .whl deepspeed==0.19.8
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(PY) -c "from importlib.metadata import version; print(' '.join(f'{n}=={version(n)}' for n in '$(GPU_WHEELS)'.split()))")
+	du -sh .whl && ls .whl
 
 clean:
 	rm -rf runs

@@ -59,6 +59,8 @@ install_missing() {  # wheels from .whl for the modules that do not import here
     module=${pair%%:*}; pattern=${pair#*:}
     if ! "$PY" -c "import $module" 2>/dev/null; then
       wheels+=( $(ls .whl/${pattern}-*.whl .whl/${pattern,,}-*.whl 2>/dev/null | sort -u) )
+      # pydantic needs a recent typing_extensions: carry ours beside it
+      [ "$module" = pydantic ] && wheels+=( $(ls .whl/typing_extensions-*.whl 2>/dev/null) )
     fi
   done
   if [ ${#wheels[@]} -gt 0 ]; then
@@ -67,6 +69,7 @@ install_missing() {  # wheels from .whl for the modules that do not import here
       --target "$site" "${wheels[@]}" || exit 1
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   fi
+  "$PY" -c "import deepspeed, webdataset, soundfile, pydantic" || { echo "imports still fail"; exit 1; }
 }
 
 if [ "$DRY" = "--dry-run" ]; then
