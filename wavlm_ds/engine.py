@@ -27,7 +27,7 @@ from wavlm_ds.data import TrainLoader, mix_utterances
 from wavlm_ds.data.pipeline import hash_seed
 from wavlm_ds.model import WavLMEncoder
 from wavlm_ds.objectives import PretrainModel, build_objective
-from wavlm_ds.ops.logmel import log_mel
+from wavlm_ds.ops.logmel import log_mel, normalize_per_segment, window_samples
 from wavlm_ds.ops.span_mask import fairseq_span_mask, span_mask
 
 # Stream names keep generators of different purposes independent for the same step.
@@ -92,8 +92,9 @@ def build_engine(cfg: RunConfig, ds_config: dict, rank: int) -> Any:
 class MicroBatch:
     """One micro-batch ready for the model (all on the training device).
 
-    features (B, T_in, 80) fp32: input log-Mel (after mixing); targets (B, T_in, 80) fp32:
-    clean log-Mel; frame_lengths (B,); mask (B, T_in) bool (valid rows only);
+    features (B, T_in, 80) fp32: input log-Mel (after mixing), normalized over the unmasked
+    valid frames, 0 on masked and padded frames; targets (B, T_in, 80) fp32: clean log-Mel
+    normalized over all valid frames; frame_lengths (B,); mask (B, T_in) bool (valid rows only);
     audio_seconds: float, valid audio in the batch.
     """
     features: torch.Tensor
@@ -117,24 +118,36 @@ def draw_mask(cfg: RunConfig, frame_lengths: torch.Tensor, T: int,
 def prepare_micro(batch: dict, cfg: RunConfig, device: torch.device, step: int, micro: int,
                   rank: int, train: bool = True, noise: dict | None = None) -> MicroBatch:
     """Audio batch (+ optional noise batch for mixing) -> features, clean targets and mask,
-    computed on the device."""
+    computed on the device.
+
+    The mask is drawn first (it depends only on the frame counts), so that nothing the
+    model reads depends on masked audio: targets are the clean log-Mel normalized over all
+    valid frames (the source document's per-segment normalization); the input is
+    normalized with statistics of the unmasked valid frames only, and zero elsewhere; the
+    mixing gain comes from the samples unmasked frames' windows read. The same holds for
+    the fixed-mask evaluation (train=False: no mixing). tests/unit/test_no_leak.py checks
+    it from the waveform.
+    """
     audio = batch["audio"].to(device, non_blocking=True)  # (B, S) fp32
     lengths = batch["lengths"].to(device, non_blocking=True)  # (B,)
     valid = batch["valid"].to(device, non_blocking=True)  # (B,) bool
     mode = cfg.data.logmel_mode
-    targets, frame_lengths = log_mel(audio, lengths, mode=mode)  # (B, T_in, 80)
-    features = targets
+    raw, frame_lengths = log_mel(audio, lengths, mode=mode, normalize=False)  # (B, T_in, 80)
+    targets = normalize_per_segment(raw, frame_lengths)
+    T = raw.shape[1]
+    stream = (MASK, step, micro, rank) if train else (EVAL_MASK, step, micro, rank)
+    mask = draw_mask(cfg, frame_lengths, T, make_generator(device, cfg.training.seed, *stream))
+    mask = mask & valid[:, None]
+    visible = (torch.arange(T, device=device) < frame_lengths[:, None]) & ~mask  # (B, T_in)
     if train and cfg.data.mix_prob > 0:
         noise_pair = None if noise is None else (noise["audio"].to(device),
                                                  noise["lengths"].to(device))
         mixed = mix_utterances(audio, lengths, make_generator(device, cfg.training.seed, step,
                                                               micro, rank, MIX), cfg.data,
-                               noise=noise_pair)
-        features, _ = log_mel(mixed, lengths, mode=mode)
-    stream = (MASK, step, micro, rank) if train else (EVAL_MASK, step, micro, rank)
-    mask = draw_mask(cfg, frame_lengths, targets.shape[1],
-                     make_generator(device, cfg.training.seed, *stream))
-    mask = mask & valid[:, None]
+                               noise=noise_pair,
+                               power_samples=window_samples(visible, lengths, audio.shape[1], mode))
+        raw, _ = log_mel(mixed, lengths, mode=mode, normalize=False)
+    features = normalize_per_segment(raw, frame_lengths, include=visible)
     seconds = float(batch["lengths"][batch["valid"]].sum()) / 16000.0  # host tensors: no sync
     extras = {"labels": batch["labels"].to(device)} if "labels" in batch else None
     return MicroBatch(features, targets, frame_lengths, mask, seconds, extras)
