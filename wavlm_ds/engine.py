@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -78,11 +79,26 @@ def build_model(cfg: RunConfig) -> PretrainModel:
     return PretrainModel(WavLMEncoder(cfg.model), objective)
 
 
+class _NotStartedScheduler(logging.Filter):
+    """Drops DeepSpeed's "get learning rate from scheduler before it has started": its
+    warmup schedulers call their own get_lr() in __init__ (iteration -1) to set lr 0, which
+    is exactly what a linear warmup from ratio 0 wants; once per rank, never trouble."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "before it has started" not in record.getMessage()
+
+
 def build_engine(cfg: RunConfig, ds_config: dict, rank: int) -> Any:
     model = build_model(cfg)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, cfg.training.no_decay_patterns),
-        config=ds_config)
+    quiet = _NotStartedScheduler()
+    ds_logger = logging.getLogger("DeepSpeed")
+    ds_logger.addFilter(quiet)
+    try:
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=param_groups(model, cfg.training.no_decay_patterns),
+            config=ds_config)
+    finally:
+        ds_logger.removeFilter(quiet)
     shm.release_at_exit()  # deepspeed.initialize may have joined the process group itself
     engine.checkpoint_engine = SafeCheckpointEngine(engine._config, rank)
     return engine

@@ -210,21 +210,6 @@ def normalize_per_segment(feats: torch.Tensor, frame_lengths: torch.Tensor,
     return centered.mul_(torch.rsqrt(var + NORM_EPS)).mul_(keep[..., None])
 
 
-def window_samples(frames: torch.Tensor, lengths: torch.Tensor, num_samples: int,
-                   mode: str = "htk") -> torch.Tensor:
-    """(B, S) bool: the samples that the 25 ms windows of the frames marked in `frames`
-    (B, T) bool read, each row reflected at its own ends as log_mel does.
-
-    So audio outside this set cannot change those frames' features (tested from the
-    waveform in tests/unit/test_no_leak.py). Costs one (B, T, 400) index tensor.
-    """
-    B, T = frames.shape
-    idx = _frame_indices(lengths, torch.arange(T, device=frames.device), mode)  # (B, T, 400)
-    hits = frames[..., None].expand(-1, -1, WIN).reshape(B, -1).to(torch.float32)
-    seen = torch.zeros(B, num_samples, device=frames.device)
-    return seen.scatter_add_(1, idx.reshape(B, -1), hits) > 0
-
-
 def log_mel(audio: torch.Tensor, lengths: torch.Tensor, mode: str = "htk",
             normalize: bool = True, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Batched log-Mel; see the module docstring.
@@ -261,3 +246,18 @@ def log_mel(audio: torch.Tensor, lengths: torch.Tensor, mode: str = "htk",
     else:
         feats = feats.mul_(_valid(frame_lengths, T, feats.dtype)[..., None])
     return feats, frame_lengths
+
+
+def window_samples(frames: torch.Tensor, lengths: torch.Tensor, num_samples: int,
+                   mode: str = "htk") -> torch.Tensor:
+    """(B, S) bool: the samples that the 25 ms windows of the frames marked in `frames`
+    (B, T) bool read, each row reflected at its own ends as log_mel does.
+
+    So audio outside this set cannot change those frames' features (tested from the
+    waveform in tests/unit/test_no_leak.py). Costs one (B, T, 400) index tensor.
+    """
+    B, T = frames.shape
+    idx = _frame_indices(lengths, torch.arange(T, device=frames.device), mode)  # (B, T, 400)
+    hits = frames[..., None].expand(-1, -1, WIN).reshape(B, -1).to(torch.float32)
+    seen = torch.zeros(B, num_samples, device=frames.device)
+    return seen.scatter_add_(1, idx.reshape(B, -1), hits) > 0
