@@ -195,17 +195,21 @@ def normalize_per_segment(feats: torch.Tensor, frame_lengths: torch.Tensor,
     normalizes to 0 (variance 0, eps keeps rsqrt finite); a constant row (digital silence)
     normalizes to 0.
 
-    Two passes (mean, then variance of the centred values: no cancellation on constant
-    rows). The masked sums are (B, 1, T) x (B, T, 80) batched matmuls, and the other frames
-    are zeroed by a multiply (a broadcast `where` is several times slower on CPU); every
-    implementation fills padded frames with finite values, so 0 * x is exact.
+    Values are first shifted by the row's first frame in the set (so a constant row, such
+    as digital silence at the log floor, is exactly 0 whatever fp32 summation does), then
+    two passes (mean, then variance of the centred values: no cancellation). The masked
+    sums are (B, 1, T) x (B, T, 80) batched matmuls, and the other frames are zeroed by a
+    multiply (a broadcast `where` is several times slower on CPU); every implementation
+    fills padded frames with finite values, so 0 * x is exact.
     """
     keep = (_valid(frame_lengths, feats.shape[1], feats.dtype) if include is None
             else include.to(feats.dtype))  # (B, T)
     weights = keep[:, None, :]  # (B, 1, T)
     count = keep.sum(dim=1).clamp(min=1)[:, None, None]  # (B, 1, 1)
-    mean = torch.bmm(weights, feats) / count  # (B, 1, 80)
-    centered = feats - mean
+    first = keep.argmax(dim=1)[:, None, None].expand(-1, 1, feats.shape[2])  # 0 if none
+    shifted = feats - feats.gather(1, first)  # (B, T, 80)
+    mean = torch.bmm(weights, shifted) / count  # (B, 1, 80)
+    centered = shifted - mean
     var = torch.bmm(weights, centered.square()) / count
     return centered.mul_(torch.rsqrt(var + NORM_EPS)).mul_(keep[..., None])
 
