@@ -19,7 +19,8 @@ CORE = [
 EXTRAS = {
     "eval": ["jiwer>=3.0", "praat-parselmouth>=0.4.3", "scikit-learn>=1.4"],
     "plot": ["matplotlib>=3.8"],
-    "test": ["pytest>=8", "pytest-timeout>=2.2"],
+    # transformers: the WavLM encoder oracle of tests/unit/test_model.py
+    "test": ["pytest>=8", "pytest-timeout>=2.2", "transformers>=4.40"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 

@@ -58,6 +58,7 @@ from wavlm_ds.data.index import read_index  # noqa: E402
 from wavlm_ds.metrics import device_peak_tflops, mfu  # noqa: E402
 from wavlm_ds.model import WavLMEncoder  # noqa: E402
 from wavlm_ds.model.flops import forward_flops  # noqa: E402
+from wavlm_ds.precision import CHOICES, apply_precision, choose_cpu_precision  # noqa: E402
 
 SR = 16000
 
@@ -295,6 +296,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sweep", action="append", default=[], metavar="AXIS=V1,V2")
     p.add_argument("--ds-flops-profiler", action="store_true")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--precision", choices=CHOICES, default="auto",
+                   help="CPU only: bf16 where the CPU computes it natively (auto), or as asked")
     p.add_argument("--local_rank", type=int, default=0, help="set by the deepspeed launcher")
     return p.parse_args(argv)
 
@@ -303,6 +306,11 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
     ds = json.loads(Path(args.deepspeed_config).read_text())
+    precision = None
+    if not torch.cuda.is_available():  # CUDA runs keep the JSON's precision
+        precision = choose_cpu_precision(args.precision)
+        ds = apply_precision(ds, precision)
+        print(f"[bench] precision {precision.dtype}: {precision.reason}", flush=True)
     if "RANK" not in os.environ:  # a plain `python tools/bench_throughput.py`: one process
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", "29531"))
@@ -324,7 +332,7 @@ def main(argv: list[str]) -> int:
                          "error": f"{type(err).__name__}: {first}"})
     if rank == 0:
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else \
-            f"CPU, {torch.get_num_threads()} thread(s) per rank"
+            f"CPU, {torch.get_num_threads()} thread(s) per rank, {precision.dtype}"
         print(markdown(rows, name))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Compare the three pretraining objectives on the same data, steps and probes.
 
 usage: python tools/compare_objectives.py [--run-dir runs/compare] [--corpus runs/demo/corpus]
-           [--steps 300] [--k 100] [--objectives reconstruction,best_rq,kmeans]
+           [--steps 300] [--k 100] [--objectives reconstruction,best_rq,kmeans,kmeans_it2]
            [--epochs 10] [--hidden 64] [--probe-runs 3]   (`make compare`)
 
 For each objective, the demo recipe (configs/demo.yaml + ds_configs/cpu_smoke.json, 2 CPU
@@ -9,8 +9,11 @@ ranks through the deepspeed launcher, the same seed, data order and masks) pretr
 --steps optimizer steps, and the export goes through both downstream probes of
 tools/eval_report.py (CTC ASR, F0), next to the same probes on log-Mel. k-means targets
 are fitted first by tools/kmeans_labels.py on log-Mel of the train split (HuBERT's first
-iteration; --k clusters) and written as sidecar shards for train and validation. BEST-RQ
-uses its defaults (one 8192 x 16 codebook). Finished pieces are reused on a re-run (the
+iteration; --k clusters) and written as sidecar shards for train and validation.
+`kmeans_it2` is HuBERT's second iteration: k-means (--k clusters) on one layer of the
+`kmeans` run's export, chosen by HuBERT's rule (its Base model clustered block 6 of 12 for
+iteration 2: the middle block, `iteration2_layer`), then a second pretraining run from
+scratch on those labels, same steps. BEST-RQ uses its defaults (one 8192 x 16 codebook). Finished pieces are reused on a re-run (the
 corpus, the labels, each export), so an interrupted comparison continues where it stopped.
 
 The probes are trained --probe-runs times (seeds --seed, --seed + 1, ...) on every upstream,
@@ -44,27 +47,56 @@ from wavlm_ds.eval.f0 import references
 from wavlm_ds.eval.pitch import TrackerConfig
 from wavlm_ds.eval.upstream import load_upstream, logmel_upstream
 from wavlm_ds.launch import ROOT, run_training, train_command
+from wavlm_ds.precision import apply_precision, choose_cpu_precision
 
-OBJECTIVES = ("reconstruction", "best_rq", "kmeans")
+OBJECTIVES = ("reconstruction", "best_rq", "kmeans", "kmeans_it2")
 SHOWN = ("WER %", "CER %", "F0-RMSE cents", "GPE %", "V/UV error %")
 
 
 def objective_overrides(name: str, labels: Path, k: int) -> list[str]:
-    if name == "kmeans":
+    if name in ("kmeans", "kmeans_it2"):
         return ["objective.name=kmeans", f"objective.num_classes={k}",
                 "data.label_member=labels.npy", f"data.label_sidecar_dir={labels}"]
     return [f"objective.name={name}"]
 
 
-def fit_labels(corpus: Path, labels: Path, k: int) -> None:
+def iteration2_layer(num_layers: int) -> int:
+    """The layer HuBERT's second iteration clusters, scaled to our depth: HuBERT Base took
+    the output of block 6 of 12, the middle one, so block ceil(num_layers / 2)."""
+    return (num_layers + 1) // 2
+
+
+def fit_labels(corpus: Path, labels: Path, k: int, features: str = "logmel",
+               layer: int | None = None) -> None:
     if (labels / "kmeans.json").is_file():
         print(f"[compare] k-means labels exist: {labels}")
         return
     cmd = [sys.executable, str(ROOT / "tools" / "kmeans_labels.py"),
            str(corpus / "train" / "index.json"), str(corpus / "validation" / "index.json"),
-           "--out", str(labels), "--k", str(k)]
+           "--out", str(labels), "--k", str(k), "--features", features]
+    cmd += ["--layer", str(layer)] if layer is not None else []
     print("[compare] $", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def second_iteration_labels(first_export: str, corpus: Path, labels: Path, k: int) -> dict:
+    """Fit HuBERT iteration-2 labels on the iteration-1 export; returns what was clustered."""
+    num_layers = json.loads((Path(first_export) / "config.json").read_text())["model"]["num_layers"]
+    layer = iteration2_layer(num_layers)
+    fit_labels(corpus, labels, k, first_export, layer)
+    return {"features": first_export, "layer": layer, "num_layers": num_layers, "k": k}
+
+
+def demo_ds_config(out: Path) -> Path:
+    """ds_configs/cpu_smoke.json with the precision this CPU computes natively (as the demo)."""
+    path = out / "ds_config.json"
+    if not path.is_file():
+        precision = choose_cpu_precision("auto")
+        print(f"[compare] precision {precision.dtype}: {precision.reason}", flush=True)
+        ds = json.loads((ROOT / "ds_configs" / "cpu_smoke.json").read_text())
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(apply_precision(ds, precision), indent=2))
+    return path
 
 
 def pretrain(name: str, corpus: Path, out: Path, steps: int, labels: Path, k: int) -> dict:
@@ -73,8 +105,7 @@ def pretrain(name: str, corpus: Path, out: Path, steps: int, labels: Path, k: in
     if not (export_dir / "model.safetensors").is_file():
         overrides = [*corpus_overrides(corpus, steps), "logging.progress_bar=false",
                      *objective_overrides(name, labels, k)]
-        cmd = train_command(ROOT / "configs" / "demo.yaml", ROOT / "ds_configs" / "cpu_smoke.json",
-                            run_dir, overrides)
+        cmd = train_command(ROOT / "configs" / "demo.yaml", demo_ds_config(out), run_dir, overrides)
         print(f"[compare] {name}: $", " ".join(cmd), f"  (log: {run_dir / 'train.log'})", flush=True)
         start = time.time()
         code = run_training(cmd, run_dir / "train.log")
@@ -153,6 +184,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     unknown = [o for o in args.objectives if o not in OBJECTIVES]
     if unknown:
         p.error(f"--objectives: unknown {unknown}; choose from {', '.join(OBJECTIVES)}")
+    if "kmeans_it2" in args.objectives and "kmeans" not in args.objectives:
+        p.error("--objectives: kmeans_it2 clusters the kmeans run's export; list kmeans too")
     args.train, args.test = str(args.corpus / "train"), str(args.corpus / "test")
     return args
 
@@ -163,11 +196,14 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     out, corpus = args.run_dir.resolve(), args.corpus.resolve()
     synthesize(corpus, 400)
-    labels = out / "labels"
+    labels = {"kmeans": out / "labels", "kmeans_it2": out / "labels_it2"}
     if "kmeans" in args.objectives:
-        fit_labels(corpus, labels, args.k)
-    runs = {name: pretrain(name, corpus, out, args.steps, labels, args.k)
-            for name in args.objectives}
+        fit_labels(corpus, labels["kmeans"], args.k)
+    runs, it2 = {}, None
+    for name in sorted(args.objectives, key=OBJECTIVES.index):  # kmeans before kmeans_it2
+        if name == "kmeans_it2":
+            it2 = second_iteration_labels(runs["kmeans"]["export"], corpus, labels[name], args.k)
+        runs[name] = pretrain(name, corpus, out, args.steps, labels.get(name, out), args.k)
 
     settings, tracker = cli.probe_settings(args), TrackerConfig()
     check = checked_tracker(tracker, TRACKER_BOUND_CENTS)
@@ -195,7 +231,10 @@ def main(argv: list[str]) -> int:
     note = (f"Each objective: `configs/demo.yaml` ({first.info['num_layers']} x "
             f"{first.info['model_dim']}, {first.info['parameters'] / 1e6:.2f}M parameters), "
             f"{args.steps} steps on 2 CPU ranks, same seed and data; k-means: k={args.k} on "
-            f"log-Mel. Probes trained on {train_info['utterances']} utterances, scored on "
+            "log-Mel" + (f"; kmeans_it2: k={args.k} on block {it2['layer']} of "
+                         f"{it2['num_layers']} of the kmeans export (HuBERT iteration 2: the "
+                         "middle block), then pretrained from scratch" if it2 else "") +
+            f". Probes trained on {train_info['utterances']} utterances, scored on "
             f"{test_info['utterances']} held-out utterances of other speakers; cells: value "
             f"[95% CI] (bootstrap over test utterances, {args.resamples} resamples), lower is "
             "better except accuracy. Validation losses are each objective's own (L1 on "
@@ -213,6 +252,7 @@ def main(argv: list[str]) -> int:
         "metrics": {k: v["metrics"] for k, v in systems.items()}, "difference": diffs,
         "probe_runs": [{"seed": seed, "metrics": {k: v["metrics"] for k, v in sy.items()},
                         "difference": d} for seed, (sy, d) in zip(seeds, per_seed)],
+        "iteration2_labels": it2,
         "settings": {"probe": settings.as_dict(), "tracker_self_check": check, "k": args.k,
                      "steps": args.steps, "train": train_info, "test": test_info},
         "elapsed_s": time.time() - t0})

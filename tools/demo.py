@@ -1,11 +1,15 @@
 """The embedded demo: synthesize a corpus, pretrain on 2 CPU ranks, export, summarize.
 
-usage: python tools/demo.py [--run-dir runs/demo] [--utterances 400] [--steps 300]
+usage: python tools/demo.py [--run-dir runs/demo] [--utterances 400] [--steps N]
+                            [--precision auto|bf16|fp32]
 
 Steps: tools/synth_corpus.py (espeak-ng + sox, deterministic) -> shards with an index per
 split -> `deepspeed --hostfile hostfiles/localhost train.py --config configs/demo.yaml
---deepspeed_config ds_configs/cpu_smoke.json` (2 ranks, bf16, ZeRO-2, FusedAdam,
-accumulation 4) -> tools/export.py -> a summary (summary.json + printed table) and curves.
+--deepspeed_config <run-dir>/ds_config.json` (2 ranks, ZeRO-2, FusedAdam, accumulation 4;
+ds_configs/cpu_smoke.json with the precision this CPU computes natively: bf16 only with
+AVX512-BF16 or AMX, else fp32, see wavlm_ds/precision.py; printed with the reason) ->
+tools/export.py -> a summary (summary.json + printed table) and curves. Rank 0's progress
+(step, loss, ETA, validation) is printed while every rank's output goes to train.log.
 Re-running resumes the training run if it was interrupted (--resume auto).
 """
 from __future__ import annotations
@@ -17,7 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wavlm_ds.launch import ROOT, run_training, train_command
+from wavlm_ds.launch import ROOT, ProgressPrinter, run_training, train_command
+from wavlm_ds.precision import CHOICES, apply_precision, choose_cpu_precision
 
 
 def synthesize(corpus: Path, utterances: int) -> None:
@@ -38,7 +43,7 @@ def corpus_overrides(corpus: Path, steps: int) -> list[str]:
             f"training.max_steps={steps}"]
 
 
-def summarize(run_dir: Path, export_dir: Path) -> dict:
+def summarize(run_dir: Path, export_dir: Path, precision: dict) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
     valid = [r for r in rows if r["split"] == "valid"]
@@ -51,7 +56,7 @@ def summarize(run_dir: Path, export_dir: Path) -> dict:
         "valid": valid[-1] if valid else None,
         "audio_s_per_s_median": statistics.median(r["audio_s_per_s"] for r in train),
         "step_time_s_median": statistics.median(r["step_time_s"] for r in train),
-        "export": str(export_dir), "curves": str(run_dir / "curves.png"),
+        "precision": precision, "export": str(export_dir), "curves": str(run_dir / "curves.png"),
         "implementations": {k: v for k, v in impls[-1].items() if k not in ("step", "split")}
         if impls else None}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -67,7 +72,7 @@ def print_summary(s: dict) -> None:
         print(f"valid loss                 {v['loss']:.4f}   baselines: predict-zero "
               f"{v['baseline_zero']:.4f}, span interpolation {v['baseline_interp']:.4f}")
     print(f"throughput (2 CPU ranks)   {s['audio_s_per_s_median']:.1f} s audio/s, "
-          f"{s['step_time_s_median']:.2f} s/step (median)")
+          f"{s['step_time_s_median']:.2f} s/step (median), {s['precision']['dtype']}")
     print(f"export                     {s['export']}")
     print(f"curves                     {s['curves']}")
 
@@ -76,16 +81,25 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
     p.add_argument("--utterances", type=int, default=400)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=None,
+                   help="default: the scheduler's total_num_steps in ds_configs/cpu_smoke.json")
+    p.add_argument("--precision", choices=CHOICES, default="auto")
     args = p.parse_args(argv)
     base = args.run_dir.resolve()
     corpus, run_dir, export_dir = base / "corpus", base / "run", base / "export"
     synthesize(corpus, args.utterances)
-    overrides = corpus_overrides(corpus, args.steps)
-    cmd = train_command(ROOT / "configs" / "demo.yaml", ROOT / "ds_configs" / "cpu_smoke.json",
-                        run_dir, overrides)
+    ds = json.loads((ROOT / "ds_configs" / "cpu_smoke.json").read_text())
+    precision = choose_cpu_precision(args.precision)
+    print(f"[demo] precision {precision.dtype}: {precision.reason}", flush=True)
+    steps = args.steps or ds["scheduler"]["params"]["total_num_steps"]
+    ds["scheduler"]["params"]["total_num_steps"] = steps  # --steps N: the whole schedule in N
+    ds_path = base / "ds_config.json"
+    ds_path.write_text(json.dumps(apply_precision(ds, precision), indent=2))
+    cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, run_dir,
+                        corpus_overrides(corpus, steps))
     print("[demo] $", " ".join(cmd), f"  (log: {run_dir / 'train.log'})", flush=True)
-    code = run_training(cmd, run_dir / "train.log")
+    code = run_training(cmd, run_dir / "train.log",
+                        progress=ProgressPrinter(run_dir / "metrics.jsonl", steps, "[demo]"))
     if code != 0:
         print(f"[demo] training failed with exit code {code}; see {run_dir / 'train.log'}")
         return code
@@ -93,7 +107,8 @@ def main(argv: list[str]) -> int:
                     "--out", str(export_dir)], check=True, cwd=ROOT)
     subprocess.run([sys.executable, str(ROOT / "tools" / "plot_run.py"), str(run_dir)],
                    check=True, cwd=ROOT)
-    print_summary(summarize(run_dir, export_dir))
+    print_summary(summarize(run_dir, export_dir, {"dtype": precision.dtype,
+                                                  "reason": precision.reason}))
     return 0
 
 

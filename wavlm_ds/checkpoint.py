@@ -336,8 +336,9 @@ def resolve_resume(mode: str, root: Path) -> tuple[Path, str | None]:
         return root, None
     if mode == "auto":
         tag = CheckpointManager(root, 0, 1, 1).find_latest_valid()
-        log.warning("--resume auto: %s", f"resuming from {root / tag}" if tag
-                    else f"no complete checkpoint under {root}, starting fresh")
+        # INFO either way: a first run has no checkpoint, and that is not trouble
+        log.info("--resume auto: %s", f"resuming from {root / tag}" if tag
+                 else f"no complete checkpoint under {root}, starting fresh")
         return root, tag
     path = Path(mode)
     if not path.exists():

@@ -34,6 +34,11 @@ class ModelConfig:
     ffn_dim: int = 64
     conv_pos_kernel: int = 16
     conv_pos_groups: int = 4
+    # A LayerNorm right after x + pos_conv(x). WavLM's pre-LN encoder (fairseq/unilm
+    # layer_norm_first, torchaudio, transformers' WavLMEncoderStableLayerNorm) has none,
+    # only the final one: false. true is what wavlm_ds built before this key existed (its
+    # old checkpoints and exports need it to load); it is not WavLM.
+    pos_conv_layer_norm: bool = False
     num_buckets: int = 320  # WavLM: 160 per direction, exact up to 80 frames
     max_distance: int = 800  # encoder frames; log-spaced buckets up to here
     dropout: float = 0.1

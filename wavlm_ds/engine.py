@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from wavlm_ds.model.flops import micro_batch_flops
 from wavlm_ds.ops import gpu_gate
 from wavlm_ds.ops.attention import choose_impl
 from wavlm_ds.objectives import PretrainModel, build_objective
-from wavlm_ds.ops.logmel import log_mel, num_frames
+from wavlm_ds.ops.logmel import log_mel, normalize_per_segment, num_frames, window_samples
 from wavlm_ds.ops.logmel import resolve_impl as resolve_logmel
 from wavlm_ds.ops.span_mask import fairseq_span_mask, span_mask
 
@@ -142,11 +143,26 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["rng_cuda"], device)
 
 
+class _NotStartedScheduler(logging.Filter):
+    """Drops DeepSpeed's "get learning rate from scheduler before it has started": its
+    warmup schedulers call their own get_lr() in __init__ (iteration -1) to set lr 0, which
+    is exactly what a linear warmup from ratio 0 wants; once per rank, never trouble."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "before it has started" not in record.getMessage()
+
+
 def build_engine(cfg: RunConfig, ds_config: dict, rank: int) -> Any:
     model = build_model(cfg)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, cfg.training.no_decay_patterns),
-        config=ds_config)
+    quiet = _NotStartedScheduler()
+    ds_logger = logging.getLogger("DeepSpeed")
+    ds_logger.addFilter(quiet)
+    try:
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=param_groups(model, cfg.training.no_decay_patterns),
+            config=ds_config)
+    finally:
+        ds_logger.removeFilter(quiet)
     shm.release_at_exit()  # deepspeed.initialize may have joined the process group itself
     engine.checkpoint_engine = SafeCheckpointEngine(engine._config, rank)
     return engine
@@ -156,11 +172,12 @@ def build_engine(cfg: RunConfig, ds_config: dict, rank: int) -> Any:
 class MicroBatch:
     """One micro-batch ready for the model.
 
-    On the training device: features (B, T_in, 80) fp32, input log-Mel (after mixing);
-    targets (B, T_in, 80) fp32, clean log-Mel; frame_lengths (B,); mask (B, T_in) bool
-    (valid rows only). On the host (known from the batch's lengths, no device sync):
-    host_frame_lengths (B,) int64; valid (B,) bool; audio_seconds (float, valid audio);
-    host_count (int or None): masked input frames, when the masker's count is exact.
+    On the training device: features (B, T_in, 80) fp32, input log-Mel (after mixing),
+    normalized over the unmasked valid frames, 0 on masked and padded frames; targets
+    (B, T_in, 80) fp32, clean log-Mel normalized over all valid frames; frame_lengths (B,);
+    mask (B, T_in) bool (valid rows only). On the host (known from the batch's lengths, no
+    device sync): host_frame_lengths (B,) int64; valid (B,) bool; audio_seconds (float,
+    valid audio); host_count (int or None): masked input frames, when the count is exact.
     """
     features: torch.Tensor
     targets: torch.Tensor
@@ -199,24 +216,36 @@ def host_batch_info(batch: dict, cfg: RunConfig) -> tuple[torch.Tensor, float, i
 def prepare_micro(batch: dict, cfg: RunConfig, device: torch.device, step: int, micro: int,
                   rank: int, train: bool = True, noise: dict | None = None) -> MicroBatch:
     """Audio batch (+ optional noise batch for mixing) -> features, clean targets and mask,
-    computed on the device; no host sync (host numbers come from the batch's lengths)."""
+    computed on the device with no host sync (host numbers come from the batch's lengths).
+
+    The mask is drawn first (it depends only on the frame counts), so that nothing the
+    model reads depends on masked audio: targets are the clean log-Mel normalized over all
+    valid frames (the source document's per-segment normalization); the input is
+    normalized with statistics of the unmasked valid frames only, and zero elsewhere; the
+    mixing gain comes from the samples unmasked frames' windows read. The same holds for
+    the fixed-mask evaluation (train=False: no mixing). tests/unit/test_no_leak.py checks
+    it from the waveform.
+    """
     audio = batch["audio"].to(device, non_blocking=True)  # (B, S) fp32
     lengths = batch["lengths"].to(device, non_blocking=True)  # (B,)
     valid = batch["valid"].to(device, non_blocking=True)  # (B,) bool
     mode = cfg.data.logmel_mode
-    targets, frame_lengths = log_mel(audio, lengths, mode=mode)  # (B, T_in, 80)
-    features = targets
+    raw, frame_lengths = log_mel(audio, lengths, mode=mode, normalize=False)  # (B, T_in, 80)
+    targets = normalize_per_segment(raw, frame_lengths)
+    T = raw.shape[1]
+    stream = (MASK, step, micro, rank) if train else (EVAL_MASK, step, micro, rank)
+    mask = draw_mask(cfg, frame_lengths, T, make_generator(device, cfg.training.seed, *stream))
+    mask = mask & valid[:, None]
+    visible = (torch.arange(T, device=device) < frame_lengths[:, None]) & ~mask  # (B, T_in)
     if train and cfg.data.mix_prob > 0:
         noise_pair = None if noise is None else (noise["audio"].to(device, non_blocking=True),
                                                  noise["lengths"].to(device, non_blocking=True))
         mixed = mix_utterances(audio, lengths, make_generator(device, cfg.training.seed, step,
                                                               micro, rank, MIX), cfg.data,
-                               noise=noise_pair)
-        features, _ = log_mel(mixed, lengths, mode=mode)
-    stream = (MASK, step, micro, rank) if train else (EVAL_MASK, step, micro, rank)
-    mask = draw_mask(cfg, frame_lengths, targets.shape[1],
-                     make_generator(device, cfg.training.seed, *stream))
-    mask = mask & valid[:, None]
+                               noise=noise_pair,
+                               power_samples=window_samples(visible, lengths, audio.shape[1], mode))
+        raw, _ = log_mel(mixed, lengths, mode=mode, normalize=False)
+    features = normalize_per_segment(raw, frame_lengths, include=visible)
     host_lengths, seconds, count = host_batch_info(batch, cfg)
     extras = {"labels": batch["labels"].to(device, non_blocking=True)} if "labels" in batch else None
     return MicroBatch(features, targets, frame_lengths, mask, seconds, extras, host_lengths,

@@ -37,6 +37,15 @@ def test_ranks_release_their_shm_buffers(reference):
     assert json.loads((reference / "shm_leftover.json").read_text()) == []
 
 
+def test_first_run_logs_no_false_alarms(reference):
+    """A first run says it starts fresh (INFO, not WARNING), and DeepSpeed's "get learning
+    rate from scheduler before it has started" from its scheduler's __init__ is dropped."""
+    log = (reference / "launch_ds_0.log").read_text()
+    assert "before it has started" not in log
+    fresh = [line for line in log.splitlines() if "starting fresh" in line]
+    assert len(fresh) == 2 and all(" INFO " in line for line in fresh)  # one per rank
+
+
 def test_lr_follows_deepspeed_warmup_cosine(reference):
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
     params = ds_config()["scheduler"]["params"]

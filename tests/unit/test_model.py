@@ -1,4 +1,4 @@
-"""The encoder: torchaudio parity, padding invariance, no leak through masks, gradients,
+"""The encoder (oracle parity: test_encoder_oracles.py): padding invariance, no leak through masks, gradients,
 FLOPs, presets and bad input."""
 from __future__ import annotations
 
@@ -21,77 +21,6 @@ TINY = dataclasses.replace(get_preset("debug"), dropout=0.0, attention_dropout=0
 def make(cfg: ModelConfig = TINY, seed: int = 0) -> WavLMEncoder:
     torch.manual_seed(seed)
     return WavLMEncoder(cfg).eval()
-
-
-def torchaudio_encoder(cfg: ModelConfig):
-    from torchaudio.models.wav2vec2.components import _get_wavlm_encoder
-    return _get_wavlm_encoder(
-        in_features=cfg.model_dim, embed_dim=cfg.model_dim, dropout_input=0.0,
-        pos_conv_kernel=cfg.conv_pos_kernel, pos_conv_groups=cfg.conv_pos_groups,
-        num_layers=cfg.num_layers, num_heads=cfg.num_heads, num_buckets=cfg.num_buckets,
-        max_distance=cfg.max_distance, attention_dropout=0.0, ff_interm_features=cfg.ffn_dim,
-        ff_interm_dropout=0.0, dropout=0.0, layer_norm_first=True, layer_drop=0.0).eval()
-
-
-def load_torchaudio_weights(ours: WavLMEncoder, ta) -> None:
-    t = ta.transformer
-    sd = {"pos_conv.conv.bias": t.pos_conv_embed.conv.bias,
-          "pos_conv.conv.parametrizations.weight.original0":
-              t.pos_conv_embed.conv.parametrizations.weight.original0,
-          "pos_conv.conv.parametrizations.weight.original1":
-              t.pos_conv_embed.conv.parametrizations.weight.original1,
-          "pos_norm.weight": t.layer_norm.weight, "pos_norm.bias": t.layer_norm.bias,
-          "rel_pos.embedding.weight": t.layers[0].attention.rel_attn_embed.weight}
-    for i, layer in enumerate(t.layers):
-        a, p = layer.attention, f"blocks.{i}."
-        sd.update({p + "attention.qkv.weight": a.attention.in_proj_weight,
-                   p + "attention.qkv.bias": a.attention.in_proj_bias,
-                   p + "attention.out_proj.weight": a.attention.out_proj.weight,
-                   p + "attention.out_proj.bias": a.attention.out_proj.bias,
-                   p + "attention.gate_linear.weight": a.gru_rel_pos_linear.weight,
-                   p + "attention.gate_linear.bias": a.gru_rel_pos_linear.bias,
-                   p + "attention.gate_const": a.gru_rel_pos_const.view(-1),
-                   p + "attn_norm.weight": layer.layer_norm.weight,
-                   p + "attn_norm.bias": layer.layer_norm.bias,
-                   p + "ffn_norm.weight": layer.final_layer_norm.weight,
-                   p + "ffn_norm.bias": layer.final_layer_norm.bias,
-                   p + "ffn_in.weight": layer.feed_forward.intermediate_dense.weight,
-                   p + "ffn_in.bias": layer.feed_forward.intermediate_dense.bias,
-                   p + "ffn_out.weight": layer.feed_forward.output_dense.weight,
-                   p + "ffn_out.bias": layer.feed_forward.output_dense.bias})
-    missing, _ = ours.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
-    assert all(k.startswith(("frontend.", "final_norm.")) for k in missing), missing
-
-
-def torchaudio_layers(ta, x: torch.Tensor, padding: torch.Tensor | None) -> list[torch.Tensor]:
-    """torchaudio's WavLM transformer driven layer by layer with a key padding mask."""
-    t = ta.transformer
-    x = t.dropout(t.layer_norm(x + t.pos_conv_embed(x)))
-    outs, bias = [x], None
-    for layer in t.layers:
-        x, bias = layer(x, None, position_bias=bias, key_padding_mask=padding)
-        outs.append(x)
-    return outs
-
-
-@pytest.mark.parametrize("with_padding", [False, True])
-def test_torchaudio_parity(with_padding):
-    cfg = dataclasses.replace(TINY, model_dim=48, num_heads=4, ffn_dim=96, num_layers=3,
-                              conv_pos_kernel=8, conv_pos_groups=4)
-    torch.manual_seed(1)
-    ta = torchaudio_encoder(cfg)
-    ours = make(cfg)
-    load_torchaudio_weights(ours, ta)
-    x = torch.randn(3, 150, cfg.model_dim)
-    lengths = torch.tensor([150, 97, 40]) if with_padding else torch.full((3,), 150)
-    padding = torch.arange(150)[None] >= lengths[:, None]
-    x = x.masked_fill(padding[..., None], 0.0)
-    with torch.no_grad():
-        ref = torchaudio_layers(ta, x, padding if with_padding else None)
-        got = ours.encode_sequence(x, lengths, output_hidden_states=True).layer_outputs
-    for r, g in zip(ref, got):
-        diff = (r - g).masked_fill(padding[..., None], 0.0).abs().max().item()
-        assert diff <= 1e-5, diff
 
 
 @pytest.mark.parametrize("garbage", [1e4, float("nan")])

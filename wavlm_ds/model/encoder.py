@@ -1,8 +1,12 @@
 """The WavLM-style encoder: front end -> conv positional embedding -> pre-LN blocks.
 
-Order of operations (matches torchaudio's WavLM transformer with layer_norm_first=True,
-plus a final LayerNorm for the pre-LN stack): x = front_end(masked features);
-x = x + conv_pos(x); x = LayerNorm(x); dropout; blocks; final LayerNorm.
+Order of operations, WavLM's pre-LN encoder (fairseq/unilm `layer_norm_first=True`,
+torchaudio's WavLM Transformer, transformers' `WavLMEncoderStableLayerNorm`):
+x = front_end(masked features); x = x + conv_pos(x); dropout; pre-LN blocks; final
+LayerNorm. Tested against torchaudio's and transformers' own forwards, with padding
+(tests/unit/test_encoder_oracles.py). `model.pos_conv_layer_norm: true` adds a LayerNorm
+after x + conv_pos(x): wavlm_ds had it before that key existed, and its old checkpoints and
+exports need the key set to load (loading them without it is an error that says so).
 
 Initialization: linear and embedding weights N(0, init_std), biases 0, LayerNorm 1/0; the
 output projections of each block (attention out_proj, FFN out) use init_std /
@@ -83,7 +87,7 @@ class WavLMEncoder(nn.Module):
         self.cfg = cfg
         self.frontend = FrontEnd(cfg)
         self.pos_conv = ConvPositionalEmbedding(cfg)
-        self.pos_norm = nn.LayerNorm(cfg.model_dim)
+        self.pos_norm = nn.LayerNorm(cfg.model_dim) if cfg.pos_conv_layer_norm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
         self.rel_pos = RelativePositionTable(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
@@ -99,6 +103,16 @@ class WavLMEncoder(nn.Module):
                 nn.init.normal_(module.weight, std=depth_std if scaled else std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        if not self.cfg.pos_conv_layer_norm and prefix + "pos_norm.weight" in state_dict:
+            raise ValueError(
+                f"the weights have {prefix}pos_norm.* (a LayerNorm after the positional conv, "
+                "as wavlm_ds built it before model.pos_conv_layer_norm existed); this encoder "
+                "is WavLM's, without it. To load them as trained, set model.pos_conv_layer_norm:"
+                " true (run YAML or --set; for an export, in the model section of its "
+                "config.json)")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor,
                 mask: torch.Tensor | None = None, output_hidden_states: bool = False,

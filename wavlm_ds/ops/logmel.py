@@ -14,8 +14,14 @@ model's dtype. Two modes:
   samples) has no frame and is an error.
 
 Then, with normalize=True, each row is normalized per mel bin to zero mean and unit
-variance over its valid frames only; padded frames are exactly 0. Digital silence gives
-finite features thanks to the log floor (and normalizes to 0).
+variance over its valid frames; padded frames are exactly 0. Digital silence gives finite
+features thanks to the log floor (and normalizes to 0). That full-segment normalization is
+the source document's, and it is what the pretraining *targets*, the k-means features and
+frozen-upstream evaluation (no mask) use. The model's *input* during pretraining and masked
+evaluation must not see statistics of masked frames (each normalized row sums to zero per
+bin, so the visible frames would carry the masked frames' mean): `engine.prepare_micro`
+calls log_mel with normalize=False and then `normalize_per_segment(..., include=unmasked
+valid frames)`; `window_samples` names the audio samples those frames read.
 
 Implementation: the reference gathers every frame with one index tensor (per-row reflect
 or snip), windows it, applies torch.fft.rfft and one mel matmul; the fast htk path frames
@@ -181,21 +187,34 @@ def _valid(frame_lengths: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Ten
     return (torch.arange(T, device=frame_lengths.device) < frame_lengths[:, None]).to(dtype)
 
 
-def normalize_per_segment(feats: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance per row and mel bin over valid frames; padding -> 0.
+def normalize_per_segment(feats: torch.Tensor, frame_lengths: torch.Tensor,
+                          include: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero mean, unit variance per row and mel bin over a set of frames; all other -> 0.
 
-    Two passes (mean, then variance of the centred values: no cancellation on constant
-    rows such as digital silence). The masked sums are (B, 1, T) x (B, T, 80) batched
-    matmuls, and padding is zeroed by a multiply (a broadcast `where` is several times slower on CPU);
-    every implementation fills padded frames with finite values, so 0 * x is exact.
+    feats (B, T, 80); the statistics come from each row's valid frames, or, with `include`
+    (B, T) bool, from the frames it marks (the model's input: the unmasked valid frames, so
+    the input carries nothing about masked content). Frames outside the set are exactly 0.
+    Defined for every set: a row with no frame in it is all 0; with one frame, that frame
+    normalizes to 0 (variance 0, eps keeps rsqrt finite); a constant row (digital silence)
+    normalizes to 0.
+
+    Values are first shifted by the row's first frame in the set (so a constant row, such
+    as digital silence at the log floor, is exactly 0 whatever fp32 summation does), then
+    two passes (mean, then variance of the centred values: no cancellation). The masked
+    sums are (B, 1, T) x (B, T, 80) batched matmuls, and the other frames are zeroed by a
+    multiply (a broadcast `where` is several times slower on CPU); every implementation
+    fills padded frames with finite values, so 0 * x is exact.
     """
-    valid = _valid(frame_lengths, feats.shape[1], feats.dtype)  # (B, T)
-    weights = valid[:, None, :]
-    count = frame_lengths.clamp(min=1).to(feats.dtype)[:, None, None]
-    mean = torch.bmm(weights, feats) / count  # (B, 1, 80)
-    centered = feats - mean
+    keep = (_valid(frame_lengths, feats.shape[1], feats.dtype) if include is None
+            else include.to(feats.dtype))  # (B, T)
+    weights = keep[:, None, :]  # (B, 1, T)
+    count = keep.sum(dim=1).clamp(min=1)[:, None, None]  # (B, 1, 1)
+    first = keep.argmax(dim=1)[:, None, None].expand(-1, 1, feats.shape[2])  # 0 if none
+    shifted = feats - feats.gather(1, first)  # (B, T, 80)
+    mean = torch.bmm(weights, shifted) / count  # (B, 1, 80)
+    centered = shifted - mean
     var = torch.bmm(weights, centered.square()) / count
-    return centered.mul_(torch.rsqrt(var + NORM_EPS)).mul_(valid[..., None])
+    return centered.mul_(torch.rsqrt(var + NORM_EPS)).mul_(keep[..., None])
 
 
 def resolve_impl(mode: str, device: torch.device) -> str:
@@ -243,3 +262,18 @@ def log_mel(audio: torch.Tensor, lengths: torch.Tensor, mode: str = "htk",
     else:
         feats = feats.mul_(_valid(frame_lengths, T, feats.dtype)[..., None])
     return feats, frame_lengths
+
+
+def window_samples(frames: torch.Tensor, lengths: torch.Tensor, num_samples: int,
+                   mode: str = "htk") -> torch.Tensor:
+    """(B, S) bool: the samples that the 25 ms windows of the frames marked in `frames`
+    (B, T) bool read, each row reflected at its own ends as log_mel does.
+
+    So audio outside this set cannot change those frames' features (tested from the
+    waveform in tests/unit/test_no_leak.py). Costs one (B, T, 400) index tensor.
+    """
+    B, T = frames.shape
+    idx = _frame_indices(lengths, torch.arange(T, device=frames.device), mode)  # (B, T, 400)
+    hits = frames[..., None].expand(-1, -1, WIN).reshape(B, -1).to(torch.float32)
+    seen = torch.zeros(B, num_samples, device=frames.device)
+    return seen.scatter_add_(1, idx.reshape(B, -1), hits) > 0
