@@ -26,10 +26,11 @@ import torch
 import yaml
 
 from wavlm_ds import engine as E
-from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, fault_point, is_universal,
-                                 load_universal, resolve_resume)
+from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, agree_on_resume,
+                                 fault_point, is_universal, load_universal)
 from wavlm_ds.config import RunConfig, check_batch_arithmetic, load_config, to_dict, ConfigError
 from wavlm_ds.data import EvalLoader, TrainLoader
+from wavlm_ds.data.index import bytes_hashed
 from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu
 from wavlm_ds.model.flops import forward_flops
 from wavlm_ds.objectives.reconstruction import baseline_loss_sums
@@ -148,8 +149,9 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
                 sums[2] += base["baseline_interp"].double()
     engine.train()
     total = E.global_sum(sums, device)
-    n = max(total[3].item(), 1.0)
-    result = {"loss": total[0].item() / n, "count": total[3].item()}
+    frames = total[3].item()  # masked frames the loss averages over, all ranks
+    n = frames or float("nan")  # no frame at all (every sample failed): NaN, never 0
+    result = {"loss": total[0].item() / n, "frames": frames}
     if with_accuracy:
         result["accuracy"] = total[4].item() / n
     if with_baselines:
@@ -166,12 +168,12 @@ def main(argv: list[str]) -> int:
     rank, world, _ = E.dist_env()
     micro, accum, max_steps = validate(cfg, ds, world, args.deepspeed_config)
     streams = Streams.build(cfg, micro, rank, world)  # validates shards vs ranks x workers
-    ckpt_root, resume_tag = resolve_resume(args.resume, run_dir / "checkpoints")
+
+    E.init_distributed(cfg.training.process_group_timeout_s)
+    ckpt_root, resume_tag = agree_on_resume(args.resume, run_dir / "checkpoints", rank)
     universal = resume_tag is not None and is_universal(ckpt_root / resume_tag)
     if universal:
         ds["checkpoint"] = {"load_universal": True}
-
-    E.init_distributed(cfg.training.process_group_timeout_s)
     torch.manual_seed(E.seed_for(cfg.training.seed, E.DROPOUT, rank))
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +189,8 @@ def main(argv: list[str]) -> int:
         streams.load_state_dict(state)
     elif resume_tag is not None:
         state = CheckpointManager(ckpt_root, rank, world, 1).load(engine, resume_tag)
+        log.info("resumed from %s: rank %d hashed %d bytes", ckpt_root / resume_tag, rank,
+                 bytes_hashed())
         torch.set_rng_state(state["rng_cpu"])
         streams.load_state_dict(state)
     try:

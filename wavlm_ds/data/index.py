@@ -7,7 +7,7 @@
 Shard names are relative to the index's directory (a local path or a URL). `sample_index`
 names the shard's per-sample index (data/sample_index.py: byte offsets, sizes, durations),
 which lets a resumed reader skip to its position without reading tar bytes; shard sets made
-before it existed have "" there (re-run tools/make_shards.py --reindex DIR to add them). Webdataset cannot tell a tar cut cleanly
+before it existed have "" there (`tools/make_shards.py --reindex DIR/index.json` adds them). Webdataset cannot tell a tar cut cleanly
 at a member boundary from a complete one; the index's counts can.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -61,12 +62,21 @@ class ShardIndex:
                 for s in self.shards]
 
 
+_hashed = Counter()  # bytes this process has hashed (the resume test counts them)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)
+            _hashed["bytes"] += len(block)
     return h.hexdigest()
+
+
+def bytes_hashed() -> int:
+    """Bytes sha256_file has read in this process so far."""
+    return _hashed["bytes"]
 
 
 def write_index(out_dir: Path, shards: list[ShardInfo], sample_rate: int = 16000) -> Path:
@@ -78,6 +88,12 @@ def write_index(out_dir: Path, shards: list[ShardInfo], sample_rate: int = 16000
     path = Path(out_dir) / INDEX_NAME
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def reindex(index_path: Path) -> Path:
+    """Add sample indexes to a local shard set made before they existed (rewrites index.json)."""
+    index = read_index(index_path)
+    return write_index(Path(index_path).parent, list(index.shards), index.sample_rate)
 
 
 def read_index(path: Path | str) -> ShardIndex:

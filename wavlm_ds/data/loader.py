@@ -28,7 +28,7 @@ from wavlm_ds.data.sample_index import load_sample_index
 from wavlm_ds.data.spec import Shard, expand_spec
 
 log = logging.getLogger(__name__)
-REINDEX_FIX = "python tools/make_shards.py --reindex DIR (writes the missing sample indexes)"
+REINDEX_FIX = "python tools/make_shards.py --reindex DIR/index.json (adds sample indexes)"
 RESAMPLED_EPOCH_DEFAULT = 1000  # nominal batches per worker and epoch when counts are unknown
 
 

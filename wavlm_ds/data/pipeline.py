@@ -31,7 +31,7 @@ from its first unseen sample. Bytes read to resume: the slot's sample-index file
 most (shuffle_buffer + bucket_batches x batch) samples fetched by range, which is at most
 one shard's bytes whenever a shard holds that many samples. Shards without a sample index
 replay their tar bytes up to the resume point (up to one epoch of the slot), with a warning
-naming the fix (`tools/make_shards.py --reindex`).
+naming the fix (`tools/make_shards.py --reindex DIR/index.json`).
 """
 from __future__ import annotations
 
