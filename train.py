@@ -9,7 +9,8 @@ One optimizer step = `gradient_accumulation_steps` micro-batches; DeepSpeed owns
 accumulation. The loss of each micro-batch is its masked-frame sum scaled so that the step's
 gradient is the mean over the global count of masked frames (all micro-batches, all ranks).
 Exit codes: 0 done, 75 stopped by SIGTERM/SIGUSR1 after saving, 3 too many non-finite steps,
-4 a checkpoint could not be saved (e.g. disk full; the previous one is kept), 2 config error.
+4 a checkpoint could not be saved (e.g. disk full; the previous one is kept), 5 a data source
+is unreadable (data.max_failed_shards_in_a_row shards in a row yielded nothing), 2 config error.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from wavlm_ds import engine as E
 from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, agree_on_resume,
                                  fault_point, is_universal, load_universal)
 from wavlm_ds.config import RunConfig, check_batch_arithmetic, load_config, to_dict, ConfigError
-from wavlm_ds.data import EvalLoader, TrainLoader
+from wavlm_ds.data import DataSourceError, EvalLoader, TrainLoader
 from wavlm_ds.data.index import bytes_hashed
 from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu
 from wavlm_ds.model.flops import forward_flops
@@ -38,9 +39,11 @@ from wavlm_ds.objectives.reconstruction import baseline_loss_sums
 EXIT_PREEMPTED = 75
 EXIT_NONFINITE = 3
 EXIT_SAVE_FAILED = 4
+EXIT_DATA_UNREADABLE = 5
 EXIT_REASONS = {0: "done", EXIT_PREEMPTED: "preempted: checkpoint saved",
                 EXIT_NONFINITE: "too many consecutive non-finite steps",
-                EXIT_SAVE_FAILED: "checkpoint save failed; previous checkpoint kept"}
+                EXIT_SAVE_FAILED: "checkpoint save failed; previous checkpoint kept",
+                EXIT_DATA_UNREADABLE: "a data source is unreadable"}
 log = logging.getLogger("train")
 
 
@@ -199,6 +202,9 @@ def main(argv: list[str]) -> int:
     except CheckpointError as err:  # every rank raises it together (e.g. disk full)
         log.error("%s", err)
         code = EXIT_SAVE_FAILED
+    except DataSourceError as err:  # the launcher then stops the other ranks too
+        log.error("%s", err)
+        code = EXIT_DATA_UNREADABLE
     if rank == 0:  # for requeue scripts: the launcher reports 1 for any signalled run
         status = {"exit_code": code, "reason": EXIT_REASONS[code],
                   "last_checkpoint": ckpt.find_latest_valid(verify=False)}

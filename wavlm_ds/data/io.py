@@ -114,22 +114,27 @@ def open_shard(url: str, stats: Counter, start: int = 0) -> Iterator[CountingRea
 def _pipe(command: str, stats: Counter) -> Iterator[CountingReader]:
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=err)
+        failure = None
         try:
             yield CountingReader(proc.stdout, stats)
         except GeneratorExit:  # the reader stopped early: nothing to report
             proc.kill()
             proc.wait()
-            raise
-        finally:
-            # Drain (a complete tar's trailing padding) so the command can exit by itself.
-            while proc.poll() is None and proc.stdout.read(1 << 16):
-                pass
             proc.stdout.close()
-            code = proc.wait()
+            raise
+        except Exception as exc:  # e.g. an empty or cut tar: the exit status says more
+            failure = exc
+        # Drain (a complete tar's trailing padding) so the command can exit by itself.
+        while proc.poll() is None and proc.stdout.read(1 << 16):
+            pass
+        proc.stdout.close()
+        code = proc.wait()
         if code != 0:
             err.seek(max(0, err.seek(0, 2) - STDERR_TAIL))
             tail = err.read().decode(errors="replace").strip()
-            raise PipeError(f"pipe command exited with status {code}: {redact(tail)}")
+            raise PipeError(f"pipe command exited with status {code}: {redact(tail)}") from failure
+        if failure is not None:
+            raise failure
 
 
 def read_range(url: str, start: int, end: int, stats: Counter) -> bytes:
