@@ -86,12 +86,19 @@ class CountingReader:
 def _fsspec_open(url: str, start: int) -> Any:
     import fsspec
 
-    # block_size=0 streams (one request, no read-ahead cache); a seek needs a random-access
-    # file (range requests) instead.
-    f = fsspec.open(url, "rb", block_size=None if start else 0).open()
-    if start:
-        f.seek(start)
-    return f
+    fs, path = fsspec.core.url_to_fs(url)
+    # block_size=0 streams (one request, no read-ahead cache). From an offset, HTTP streams
+    # with a Range header; other back ends seek a random-access file (range requests).
+    if not url.startswith(("http://", "https://")):
+        f = fs.open(path, "rb", block_size=None if start else 0)
+        if start:
+            f.seek(start)
+        return f
+    # A size hint skips fsspec's HEAD request, which reports every failure (a 503 too) as
+    # FileNotFoundError; the GET itself raises 404 as FileNotFoundError, other statuses as
+    # errors that with_retries retries.
+    headers = {"Range": f"bytes={start}-"} if start else {}
+    return fs.open(path, "rb", block_size=0, size=1, headers=headers)
 
 
 @contextlib.contextmanager
@@ -162,8 +169,8 @@ def read_bytes(url: str) -> bytes:
     import fsspec
 
     def fetch() -> bytes:
-        with fsspec.open(url, "rb") as f:
-            return f.read()
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.cat_file(path)
     return with_retries(fetch, url)
 
 

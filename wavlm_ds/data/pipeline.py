@@ -119,7 +119,7 @@ def group_members(tar: tarfile.TarFile, url: str, max_member_bytes: int, stats: 
                 current.setdefault("__refused__", True)
                 continue
             current[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except Exception as err:  # tarfile, OSError, or a back end's own (aiohttp, botocore)
         errors.append(err)
     if current:
         yield current
@@ -141,7 +141,7 @@ def read_tar(url: str, max_member_bytes: int, stats: Counter, expected: int | No
             for raw in group_members(tar, url, max_member_bytes, stats, errors):
                 seen += 1
                 yield raw
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except Exception as err:  # opening failed (after retries), or a pipe: exit status
         errors.append(err)
     error = f"{type(errors[-1]).__name__}: {redact(str(errors[-1]))}" if errors else None
     if error:
