@@ -80,8 +80,10 @@ def bytes_hashed() -> int:
 
 
 def write_index(out_dir: Path, shards: list[ShardInfo], sample_rate: int = 16000) -> Path:
-    """index.json under `out_dir`, and each shard's sample index beside it."""
-    shards = [replace(s, sample_index=write_sample_index(Path(out_dir) / s.name)) for s in shards]
+    """index.json under `out_dir`, and beside it the sample index of each shard that is
+    there (a shard not on this disk gets none)."""
+    shards = [replace(s, sample_index=write_sample_index(Path(out_dir) / s.name)
+                      if (Path(out_dir) / s.name).is_file() else "") for s in shards]
     data = {"version": 1, "sample_rate": sample_rate,
             "total_samples": sum(s.num_samples for s in shards),
             "total_hours": sum(s.hours for s in shards), "shards": [asdict(s) for s in shards]}
