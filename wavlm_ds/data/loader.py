@@ -9,6 +9,7 @@ number of batches used only to reseed).
 from __future__ import annotations
 
 import atexit
+import heapq
 import logging
 import math
 import multiprocessing.util  # registers its exit handler before ours (see below)
@@ -39,10 +40,12 @@ def assign_slots(shards: list[Shard], slots: int, batch_size: int, seed: int,
     random.Random(hash_seed(seed, epoch, "shards")).shuffle(order)
     lists: list[list[Shard]] = [[] for _ in range(slots)]
     loads = [0] * slots
+    heap = [(0, i) for i in range(slots)]  # (load, slot): the least loaded, lowest index first
     for shard in sorted(order, key=lambda s: -s.num_samples):  # stable: ties keep the shuffle
-        target = loads.index(min(loads))
+        load, target = heapq.heappop(heap)
         lists[target].append(shard)
-        loads[target] += shard.num_samples
+        loads[target] = load + shard.num_samples
+        heapq.heappush(heap, (loads[target], target))
     for i, lst in enumerate(lists):
         random.Random(hash_seed(seed, epoch, "slot", i)).shuffle(lst)
     per_slot = min(loads) // batch_size
