@@ -32,6 +32,7 @@ from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, agree_on_re
 from wavlm_ds.config import RunConfig, check_batch_arithmetic, load_config, to_dict, ConfigError
 from wavlm_ds.data import DataSourceError, EvalLoader, TrainLoader
 from wavlm_ds.data.index import bytes_hashed
+from wavlm_ds.data.io import redact_config
 from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu
 from wavlm_ds.model.flops import forward_flops
 from wavlm_ds.objectives.reconstruction import baseline_loss_sums
@@ -180,7 +181,8 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(E.seed_for(cfg.training.seed, E.DROPOUT, rank))
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (run_dir / "config.yaml").write_text(  # URL credentials are never saved
+            yaml.safe_dump(redact_config(to_dict(cfg)), sort_keys=False))
         (run_dir / "ds_config.json").write_text(json.dumps(ds, indent=2))
     engine = E.build_engine(cfg, ds, rank)
     device = engine.device
@@ -322,7 +324,7 @@ def save(engine, ckpt: CheckpointManager, cfg: RunConfig, state: dict, streams: 
          step: int) -> None:
     state.update(step=step, rng_cpu=torch.get_rng_state(), **streams.state_dict())
     ckpt.save(engine, step, trainer_state=dict(state),
-              client_state={"step": step, "run_config": to_dict(cfg)})
+              client_state={"step": step, "run_config": redact_config(to_dict(cfg))})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from tests.integration.conftest import write_shards
 from tests.unit.test_pipeline import data_cfg
 from wavlm_ds.config import DataConfig, SourceConfig
 from wavlm_ds.data import DataSourceError, TrainLoader
-from wavlm_ds.data.io import redact
+from wavlm_ds.data.io import redact, redact_config
 
 
 def test_failing_pipe_source_stops_with_its_error():
@@ -37,3 +37,5 @@ def test_redact_hides_credentials():
     assert redact("https://user:secret@host/a.tar?X-Amz-Signature=abc&t=1") == \
         "https://***@host/a.tar?***"
     assert redact("s3://bucket/train-{000..009}.tar") == "s3://bucket/train-{000..009}.tar"
+    saved = redact_config({"data": {"sources": [{"shards": "https://u:pw@h/i.json?sig=1"}]}})
+    assert saved == {"data": {"sources": [{"shards": "https://***@h/i.json?***"}]}}

@@ -14,6 +14,7 @@ Names in logs and stat keys go through `redact`: no user:password@ and no query 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import subprocess
@@ -41,6 +42,11 @@ def redact(text: str) -> str:
     """`text` without URL credentials: user:password@ and ?query strings become ***."""
     text = re.sub(r"([a-zA-Z][\w+.-]*://)[^/@\s'\"]+@", r"\1***@", text)
     return re.sub(r"(://[^\s'\"]*?)\?[^\s'\"]*", r"\1?***", text)
+
+
+def redact_config(config: dict) -> dict:
+    """A config dict with every string redacted (what the run directory and checkpoints keep)."""
+    return json.loads(redact(json.dumps(config)))
 
 
 def _transient(err: BaseException) -> bool:
