@@ -104,6 +104,12 @@ def print_plan(p: dict, args: argparse.Namespace, source: str) -> None:
                                    f"{t['mfu']:.0%} MFU (assumed) of {t['peak_tflops']:g} TFLOP/s "
                                    f"+ exposed communication {t['exposed_comm_s']:.3f} s "
                                    f"({t['step_s_at_100pct_mfu']:.3f} s at 100%: the floor)")]
+        c = p["checkpoint"]
+        rows += [("checkpoint", f"{c['bytes'] / 1e9:.1f} GB; a save hashes {c['save_hashed'] / 1e9:.1f}"
+                                f" GB (each file once, by its writer); a resume hashes "
+                                f"{c['resume_hashed'] / 1e9:.1f} GB on rank 0 (was "
+                                f"{c['resume_hashed_before'] / 1e12:.2f} TB: every file twice on "
+                                f"every rank) and loads {c['resume_loaded'] / 1e9:.0f} GB in all")]
         d = p["data_rate"]
         rows += [("data rate", f"{d['audio_s_per_s_per_node']:,.0f} audio s/s per node = "
                                f"{d['cores_per_node']:.1f} cores at the measured "

@@ -172,6 +172,18 @@ def activation_bytes(m: ModelConfig, micro: int, num_input_frames: int, act_byte
             "checkpointing": ckpt, "device": device}
 
 
+def checkpoint_bytes(params: int, gpus: int) -> dict:
+    """Bytes of one checkpoint (bf16 module weights, written once, + fp32 master and Adam
+    state, partitioned under ZeRO-1/2) and what a save and a resume read: a save hashes every
+    file once, on the rank that wrote it; a resume hashes it once, on rank 0 (the others
+    check sizes), and DeepSpeed loads the module weights on every rank plus each rank's
+    optimizer partition."""
+    size = 2 * params + ADAM_STATE * params
+    return {"bytes": size, "save_hashed": size, "resume_hashed": size,
+            "resume_hashed_before": 2 * size * gpus,
+            "resume_loaded": gpus * 2 * params + ADAM_STATE * params}
+
+
 def schedule(ds: dict) -> dict:
     sched = ds.get("scheduler", {}).get("params", {})
     return {"total_num_steps": sched.get("total_num_steps"),
@@ -249,6 +261,7 @@ def plan(cfg: RunConfig, ds: dict, cluster: Cluster, segment_seconds: float,
     out["time"] = {"step_s": step_time, "compute_s": compute_s, "exposed_comm_s": exposed,
                    "step_s_at_100pct_mfu": floor, "mfu": cluster.mfu,
                    "peak_tflops": cluster.peak_tflops}
+    out["checkpoint"] = checkpoint_bytes(total, cluster.gpus)
     out["data_rate"] = data_rate(train_batch, segment_seconds, step_time, nodes,
                                  cluster.gpus_per_node, audio_s_per_core_s)
     if corpus_hours:
