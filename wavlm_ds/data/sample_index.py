@@ -79,9 +79,15 @@ def _entry(group: dict) -> SampleEntry:
 
 
 def write_sample_index(tar_path: Path) -> str:
-    """Write the sample index beside `tar_path`; returns its file name."""
+    """Write the sample index beside `tar_path`; returns its file name, or "" for a tar
+    that cannot be read to its end (a damaged shard is replayed from its bytes instead, so
+    that a resume sees exactly what the reader saw)."""
     name = sample_index_name(Path(tar_path).name)
-    rows = [[e.key, e.start, e.end, e.sizes, e.duration_s] for e in scan_tar(Path(tar_path))]
+    try:
+        entries = scan_tar(Path(tar_path))
+    except (tarfile.TarError, OSError, EOFError):
+        return ""
+    rows = [[e.key, e.start, e.end, e.sizes, e.duration_s] for e in entries]
     (Path(tar_path).parent / name).write_text(json.dumps({"version": 1, "samples": rows}))
     return name
 
