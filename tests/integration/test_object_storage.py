@@ -27,17 +27,20 @@ def test_training_reads_through_fsspec_after_failed_first_requests(tiny_corpus, 
     assert "503" in log and "retry 1 of 4" in log  # the first requests failed, were retried
 
 
-def test_unreadable_sources_stop_every_rank(tiny_corpus, tmp_path):
+def test_index_url_that_404s_stops_every_rank_at_startup(tiny_corpus, tmp_path):
     with serve(tiny_corpus["train"].parent) as server:
         missing = f"{server.url}/gone/index.json"
-        assert launch(tmp_path / "404", tiny_corpus, FEW + [source(missing)], ds_config()) == 2
-    assert f"{missing}: index not found" in (tmp_path / "404" / "launch_ds_0.log").read_text()
-    failing = "pipe:sh -c 'echo access denied >&2; exit 7' #{0..3}"
+        assert launch(tmp_path, tiny_corpus, FEW + [source(missing)], ds_config()) == 2
+    assert f"{missing}: index not found" in (tmp_path / "launch_ds_0.log").read_text()
+
+
+def test_failing_pipe_source_stops_every_rank(tiny_corpus, tmp_path):
+    failing = 'pipe:sh -c "echo access denied >&2; exit 7" #{0..3}'  # 4 shards
     t0 = time.monotonic()
-    code = launch(tmp_path / "pipe", tiny_corpus, FEW + [
+    code = launch(tmp_path, tiny_corpus, FEW + [
         source(failing), "data.allow_pipe=true", "data.resampled=true",
         "data.max_failed_shards_in_a_row=3"], ds_config())
-    log = (tmp_path / "pipe" / "launch_ds_0.log").read_text()
+    log = (tmp_path / "launch_ds_0.log").read_text()
     assert code == 5, log[-3000:]
     assert "3 shards in a row yielded no sample" in log and "access denied" in log
     assert "exited with status 7" in log

@@ -175,6 +175,7 @@ def admit(key: str, members: Iterable[str], duration: float | None, url: str,
 
 
 def to_sample(raw: dict, url: str, cfg: DataConfig, stats: Counter) -> Sample | None:
+    """A raw member group as a Sample, or None (skip counted) if it fails `admit`."""
     if raw.get("__refused__"):
         return None
     key, duration = raw["__key__"], parse_duration(raw.get("json"))
