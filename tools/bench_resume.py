@@ -64,14 +64,11 @@ def bytes_read(index: Path, resampled: bool, position: int, resume: bool) -> int
                      num_workers=0, shuffle_buffer=16, bucket_batches=2,
                      max_duration_s=4.0, min_duration_s=0.5)
     loader = TrainLoader(cfg, BATCH, 0, 1, seed=0)
-    it = iter(loader)
     if resume:
         loader.load_state_dict({"epoch": 0, "batches_consumed": position})
-        it = iter(loader)
+    it = iter(loader)
+    for _ in range(1 if resume else position):
         next(it)
-    else:
-        for _ in range(position):
-            next(it)
     return int(loader.stats().get("bytes_read", 0))
 
 
