@@ -7,7 +7,8 @@ CORE = [
     "torch==2.11.*",
     "torchaudio==2.11.*",
     "deepspeed==0.19.8",
-    "webdataset>=0.2.100,<2",
+    "fsspec>=2023.1",  # shard specs and index.json as URLs (wavlm_ds/data/io.py)
+    "braceexpand>=0.1.7",  # shard patterns (was pulled in by webdataset, which nothing used)
     "soundfile>=0.12",
     "numpy>=1.26",
     "pyyaml>=6",
@@ -19,10 +20,11 @@ CORE = [
 EXTRAS = {
     "eval": ["jiwer>=3.0", "praat-parselmouth>=0.4.3", "scikit-learn>=1.4"],
     "plot": ["matplotlib>=3.8"],
-    # transformers: the WavLM encoder oracle of tests/unit/test_model.py
-    "test": ["pytest>=8", "pytest-timeout>=2.2", "transformers>=4.40"],
+    "cloud": ["s3fs", "gcsfs"],  # s3:// and gs:// shards; not installed by the tests
+    # transformers: the WavLM encoder oracle; fsspec[http]: the HTTP shard-server tests
+    "test": ["pytest>=8", "pytest-timeout>=2.2", "transformers>=4.40", "fsspec[http]"],
 }
-EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name != "cloud" for dep in deps})
 
 setup(
     name="wavlm_ds",

@@ -9,7 +9,8 @@ One optimizer step = `gradient_accumulation_steps` micro-batches; DeepSpeed owns
 accumulation. The loss of each micro-batch is its masked-frame sum scaled so that the step's
 gradient is the mean over the global count of masked frames (all micro-batches, all ranks).
 Exit codes: 0 done, 75 stopped by SIGTERM/SIGUSR1 after saving, 3 too many non-finite steps,
-4 a checkpoint could not be saved (e.g. disk full; the previous one is kept), 2 config error.
+4 a checkpoint could not be saved (e.g. disk full; the previous one is kept), 5 a data source
+is unreadable (data.max_failed_shards_in_a_row shards in a row yielded nothing), 2 config error.
 """
 from __future__ import annotations
 
@@ -30,20 +31,24 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from wavlm_ds import engine as E  # noqa: E402
-from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, fault_point,  # noqa: E402
-                                 is_universal, load_universal, resolve_resume)
+from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, agree_on_resume,  # noqa: E402
+                                 fault_point, is_universal, load_universal)
 from wavlm_ds.config import (RunConfig, check_batch_arithmetic, load_config, to_dict,  # noqa: E402
                              ConfigError)
-from wavlm_ds.data import EvalLoader, TrainLoader  # noqa: E402
+from wavlm_ds.data import DataSourceError, EvalLoader, TrainLoader  # noqa: E402
+from wavlm_ds.data.index import bytes_hashed  # noqa: E402
+from wavlm_ds.data.io import redact_config  # noqa: E402
 from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu  # noqa: E402
 from wavlm_ds.objectives.reconstruction import baseline_loss_sums  # noqa: E402
 
 EXIT_PREEMPTED = 75
 EXIT_NONFINITE = 3
 EXIT_SAVE_FAILED = 4
+EXIT_DATA_UNREADABLE = 5
 EXIT_REASONS = {0: "done", EXIT_PREEMPTED: "preempted: checkpoint saved",
                 EXIT_NONFINITE: "too many consecutive non-finite steps",
-                EXIT_SAVE_FAILED: "checkpoint save failed; previous checkpoint kept"}
+                EXIT_SAVE_FAILED: "checkpoint save failed; previous checkpoint kept",
+                EXIT_DATA_UNREADABLE: "a data source is unreadable"}
 log = logging.getLogger("train")
 
 
@@ -152,8 +157,9 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
                 sums[2] += base["baseline_interp"].double()
     engine.train()
     total = E.global_sum(sums, device)
-    n = max(total[3].item(), 1.0)
-    result = {"loss": total[0].item() / n, "count": total[3].item()}
+    frames = total[3].item()  # masked frames the loss averages over, all ranks
+    n = frames or float("nan")  # no frame at all (every sample failed): NaN, never 0
+    result = {"loss": total[0].item() / n, "frames": frames}
     if with_accuracy:
         result["accuracy"] = total[4].item() / n
     if with_baselines:
@@ -176,16 +182,17 @@ def main(argv: list[str]) -> int:
              rank, paths["attention_impl"], paths["logmel_impl"], paths["compile"],
              paths["device"], paths["fast_paths"], paths["selftest_record"])
     streams = Streams.build(cfg, micro, rank, world)  # validates shards vs ranks x workers
-    ckpt_root, resume_tag = resolve_resume(args.resume, run_dir / "checkpoints")
+
+    E.init_distributed(cfg.training.process_group_timeout_s)
+    ckpt_root, resume_tag = agree_on_resume(args.resume, run_dir / "checkpoints", rank)
     universal = resume_tag is not None and is_universal(ckpt_root / resume_tag)
     if universal:
         ds["checkpoint"] = {"load_universal": True}
-
-    E.init_distributed(cfg.training.process_group_timeout_s)
     torch.manual_seed(E.seed_for(cfg.training.seed, E.DROPOUT, rank))
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (run_dir / "config.yaml").write_text(  # URL credentials are never saved
+            yaml.safe_dump(redact_config(to_dict(cfg)), sort_keys=False))
         (run_dir / "ds_config.json").write_text(json.dumps(ds, indent=2))
         (run_dir / "summary.json").write_text(json.dumps({"implementations": paths}, indent=2))
     engine = E.build_engine(cfg, ds, rank)
@@ -198,6 +205,8 @@ def main(argv: list[str]) -> int:
         streams.load_state_dict(state)
     elif resume_tag is not None:
         state = CheckpointManager(ckpt_root, rank, world, 1).load(engine, resume_tag)
+        log.info("resumed from %s: rank %d hashed %d bytes", ckpt_root / resume_tag, rank,
+                 bytes_hashed())
         E.set_rng_state(state, device)
         streams.load_state_dict(state)
     try:
@@ -206,6 +215,9 @@ def main(argv: list[str]) -> int:
     except CheckpointError as err:  # every rank raises it together (e.g. disk full)
         log.error("%s", err)
         code = EXIT_SAVE_FAILED
+    except DataSourceError as err:  # the launcher then stops the other ranks too
+        log.error("%s", err)
+        code = EXIT_DATA_UNREADABLE
     if rank == 0:  # for requeue scripts: the launcher reports 1 for any signalled run
         status = {"exit_code": code, "reason": EXIT_REASONS[code],
                   "last_checkpoint": ckpt.find_latest_valid(verify=False)}
@@ -302,7 +314,7 @@ def save(engine, ckpt: CheckpointManager, cfg: RunConfig, state: dict, streams: 
          step: int) -> None:
     state.update(step=step, **E.rng_state(engine.device), **streams.state_dict())
     ckpt.save(engine, step, trainer_state=dict(state),
-              client_state={"step": step, "run_config": to_dict(cfg)})
+              client_state={"step": step, "run_config": redact_config(to_dict(cfg))})
 
 
 if __name__ == "__main__":

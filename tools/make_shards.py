@@ -4,6 +4,7 @@ usage: python tools/make_shards.py INPUT_DIR_OR_MANIFEST --out DIR [--prefix tra
            [--max-duration-s 30] [--max-samples-per-shard 1000] [--max-shard-bytes 1e9]
            [--workers 4] [--strict]
        python tools/make_shards.py --verify DIR/index.json
+       python tools/make_shards.py --reindex DIR/index.json   (older sets: add sample indexes)
 
 Input: a directory (searched recursively for .wav .flac .ogg .mp3) or a manifest (.tsv
 with a header, or .jsonl) with `path` and optional `transcript`, `speaker`, `language`.
@@ -12,6 +13,8 @@ Recordings longer than --max-duration-s are split at the quietest 20 ms frame of
 5 s before the limit. Unreadable inputs are skipped and listed with their reason in
 DIR/report.json (exit code 1 with --strict). Keys are derived from sanitized relative paths
 plus a hash, so nothing is ever written outside DIR whatever the input names are.
+Beside each shard, a sample index (`train-000000.idx.json`: byte offsets, sizes and
+durations of its samples) lets a resumed reader skip to its position without reading tars.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wavlm_ds.data.audio import AudioError, check_waveform, decode_audio, encode_flac, to_mono_16k
-from wavlm_ds.data.index import ShardInfo, verify_shards, write_index
+from wavlm_ds.data.index import ShardInfo, reindex, verify_shards, write_index
 
 SR = 16000
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3"}
@@ -179,7 +182,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--strict", action="store_true", help="exit 1 if any input was skipped")
     p.add_argument("--verify", type=Path, help="re-read shards against this index.json")
+    p.add_argument("--reindex", type=Path, help="add per-sample indexes (resume without "
+                   "reading tar bytes) to the shards of this older index.json")
     args = p.parse_args(argv)
+    if args.reindex:
+        print(f"{reindex(args.reindex)}: sample indexes written")
+        return 0
     if args.verify:
         problems = verify_shards(args.verify)
         print("\n".join(problems) or f"{args.verify}: all shards complete")

@@ -3,8 +3,9 @@
 Layout of one checkpoint (`<root>/<tag>/`): DeepSpeed's own files, one
 `trainer_state_rank{r}.pt` per rank (data position, RNG states: DeepSpeed's `client_state`
 is written by data-parallel rank 0 only and read by every rank, so it cannot carry them),
-and `manifest.json` (every file with size and sha256), committed by rank 0 only after
-every rank reported success. `latest` (for DeepSpeed's tools) is replaced atomically after
+and `manifest.json` (every file with size and sha256, each hashed once by the rank that wrote
+it), committed by rank 0 only after every rank reported success. On resume rank 0 alone
+verifies the chosen checkpoint's sha256s and broadcasts the tag (agree_on_resume). `latest` (for DeepSpeed's tools) is replaced atomically after
 the manifest. `--resume auto` loads the newest checkpoint whose manifest verifies, so a crash
 at any point of a save loses at most that save.
 
@@ -252,9 +253,11 @@ class CheckpointManager:
         return None
 
     def load(self, engine: Any, tag: str) -> dict:
-        """Load engine + this rank's trainer state from `tag` (verified first)."""
+        """Load engine + this rank's trainer state from `tag`. Checks the files' sizes only:
+        the sha256 check is done once, by whoever chose the tag (find_latest_valid or
+        resolve_resume, on rank 0: agree_on_resume)."""
         ckpt_dir = self.root / tag
-        problem = verify_checkpoint(ckpt_dir)
+        problem = verify_checkpoint(ckpt_dir, full=False)
         if problem is not None:
             raise CheckpointError(f"cannot resume from {ckpt_dir}: {problem}")
         manifest = json.loads((ckpt_dir / MANIFEST).read_text())
@@ -331,7 +334,8 @@ def load_universal(engine: Any, path: Path) -> dict:
 
 
 def resolve_resume(mode: str, root: Path) -> tuple[Path, str | None]:
-    """Map --resume {auto,never,PATH} to (checkpoint root, tag or None). Never silent."""
+    """Map --resume {auto,never,PATH} to (checkpoint root, tag or None), the checkpoint
+    verified in full (sizes and sha256). Never silent."""
     if mode == "never":
         return root, None
     if mode == "auto":
@@ -344,12 +348,39 @@ def resolve_resume(mode: str, root: Path) -> tuple[Path, str | None]:
     if not path.exists():
         raise CheckpointError(f"--resume {mode}: no such checkpoint; use --resume auto to "
                               "start fresh when none exists")
-    if TAG_RE.match(path.name) or is_universal(path):
+    if is_universal(path):
+        return path.parent, path.name
+    if TAG_RE.match(path.name):
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            raise CheckpointError(f"--resume {mode}: cannot resume: {problem}")
         return path.parent, path.name
     tag = CheckpointManager(path, 0, 1, 1).find_latest_valid()
     if tag is None:
         raise CheckpointError(f"--resume {mode}: no complete checkpoint in that directory")
     return path, tag
+
+
+def agree_on_resume(mode: str, root: Path, rank: int) -> tuple[Path, str | None]:
+    """Collective: rank 0 alone resolves --resume and verifies the chosen checkpoint in full
+    (every file's size and sha256, read once), then broadcasts the choice (or its error) so
+    that every rank loads the same tag; the others check file sizes only (in load).
+
+    Bytes read from the checkpoint filesystem per resume: its size once for the hashes,
+    plus what DeepSpeed loads on every rank (the model states on each, one optimizer shard
+    each), instead of twice its size on every rank."""
+    choice: list = [None]
+    if rank == 0:
+        try:
+            found_root, tag = resolve_resume(mode, root)
+            choice = [{"root": str(found_root), "tag": tag, "error": None}]
+        except CheckpointError as err:
+            choice = [{"root": None, "tag": None, "error": str(err)}]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(choice, src=0)
+    if choice[0]["error"]:
+        raise CheckpointError(choice[0]["error"])
+    return Path(choice[0]["root"]), choice[0]["tag"]
 
 
 @contextlib.contextmanager

@@ -111,6 +111,7 @@ class DataConfig:
     max_duration_s: float = 16.0
     min_duration_s: float = 1.0
     max_member_bytes: int = 64 * 2**20
+    max_failed_shards_in_a_row: int = 8  # of one source, each yielding nothing: stop the run
     logmel_mode: Literal["htk", "kaldi"] = "htk"
     mix_prob: float = 0.2
     mix_snr_db: tuple[float, float] = (-5.0, 5.0)
@@ -135,6 +136,8 @@ class DataConfig:
         _require(self.noise_workers >= 0, "data.noise_workers", "must be >= 0", "")
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1", "")
         _require(self.bucket_batches >= 1, "data.bucket_batches", "must be >= 1", "")
+        _require(self.max_failed_shards_in_a_row >= 1, "data.max_failed_shards_in_a_row",
+                 "must be >= 1", "")
 
 
 @dataclass(frozen=True)

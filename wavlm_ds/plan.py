@@ -32,6 +32,10 @@ from dataclasses import dataclass
 
 from wavlm_ds.config import ModelConfig, RunConfig
 from wavlm_ds.model.flops import encoder_frames, forward_flops
+from wavlm_ds.plan_terms import Fabric, communication, data_rate
+
+# BENCHMARKS.md, data path: tools/bench_data.py, speech, 1 worker, no log-Mel (this machine)
+DECODE_AUDIO_S_PER_CORE_S = 1367.0
 
 GiB = 2**30
 ADAM_STATE = 12  # fp32 master weights + Adam m + v, bytes per parameter
@@ -168,6 +172,18 @@ def activation_bytes(m: ModelConfig, micro: int, num_input_frames: int, act_byte
             "checkpointing": ckpt, "device": device}
 
 
+def checkpoint_bytes(params: int, gpus: int) -> dict:
+    """Bytes of one checkpoint (bf16 module weights, written once, + fp32 master and Adam
+    state, partitioned under ZeRO-1/2) and what a save and a resume read: a save hashes every
+    file once, on the rank that wrote it; a resume hashes it once, on rank 0 (the others
+    check sizes), and DeepSpeed loads the module weights on every rank plus each rank's
+    optimizer partition."""
+    size = 2 * params + ADAM_STATE * params
+    return {"bytes": size, "save_hashed": size, "resume_hashed": size,
+            "resume_hashed_before": 2 * size * gpus,
+            "resume_loaded": gpus * 2 * params + ADAM_STATE * params}
+
+
 def schedule(ds: dict) -> dict:
     sched = ds.get("scheduler", {}).get("params", {})
     return {"total_num_steps": sched.get("total_num_steps"),
@@ -181,8 +197,11 @@ def steps_for_budget(seconds: float, step_time_s: float) -> int:
 
 def plan(cfg: RunConfig, ds: dict, cluster: Cluster, segment_seconds: float,
          corpus_hours: float | None, params: tuple[int, int] | None = None,
-         budget_days: float | None = None, budget_gpu_hours: float | None = None) -> dict:
-    """Every figure of tools/estimate.py, with warnings where inputs disagree."""
+         budget_days: float | None = None, budget_gpu_hours: float | None = None,
+         fabric: Fabric = Fabric(), audio_s_per_core_s: float = DECODE_AUDIO_S_PER_CORE_S,
+         ) -> dict:
+    """Every figure of tools/estimate.py, with warnings where inputs disagree. Step time =
+    compute (FLOPs / MFU) + exposed communication (wavlm_ds/plan_terms.py)."""
     from wavlm_ds.config import check_batch_arithmetic
 
     warnings: list[str] = []
@@ -229,11 +248,22 @@ def plan(cfg: RunConfig, ds: dict, cluster: Cluster, segment_seconds: float,
         warnings.append("unknown device peak: pass --peak-tflops (A100 bf16: 312); no time "
                         "figures")
         return out
-    step_time = step_flops / (cluster.gpus * cluster.peak_tflops * 1e12 * cluster.mfu)
+    compute_s = step_flops / (cluster.gpus * cluster.peak_tflops * 1e12 * cluster.mfu)
     floor = step_flops / (cluster.gpus * cluster.peak_tflops * 1e12)
+    comm = {st: communication(total, ds, st, accum, cluster.gpus, cluster.gpus_per_node, fabric)
+            for st in (0, 1, 2)}
+    exposed = comm[stage]["exposed_s"] if stage in comm else 0.0
+    if stage not in comm:
+        warnings.append(f"ZeRO-{stage}: communication not modelled; step time is compute only")
+    step_time = compute_s + exposed
     sched = schedule(ds)
-    out["time"] = {"step_s": step_time, "step_s_at_100pct_mfu": floor, "mfu": cluster.mfu,
+    out["communication"] = comm
+    out["time"] = {"step_s": step_time, "compute_s": compute_s, "exposed_comm_s": exposed,
+                   "step_s_at_100pct_mfu": floor, "mfu": cluster.mfu,
                    "peak_tflops": cluster.peak_tflops}
+    out["checkpoint"] = checkpoint_bytes(total, cluster.gpus)
+    out["data_rate"] = data_rate(train_batch, segment_seconds, step_time, nodes,
+                                 cluster.gpus_per_node, audio_s_per_core_s)
     if corpus_hours:
         epoch_steps = corpus_hours / audio_h_per_step
         out["epoch"] = {"corpus_hours": corpus_hours, "steps": epoch_steps,

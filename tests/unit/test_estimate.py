@@ -85,7 +85,12 @@ def test_recipe_time_and_budget_hand_computed():
     p = plan(cfg, ds, cluster, 16.0, 100_000.0, params=PARAMS, budget_days=1.0)
     flops = 3 * forward_flops(cfg.model, 1600) * 2048
     assert p["flops"]["train_per_step"] == flops
-    step = flops / (128 * 312e12 * 0.5)
+    compute = flops / (128 * 312e12 * 0.5)
+    # ZeRO-2, accumulation 4, 16 nodes of 1600 Gb/s: 4 reduce-scatters (half overlapped)
+    # and one all-gather of S = 2 bytes x 1e9 parameters, S x 15/16 per node each
+    per_node = 2e9 * 15 / 16 / 200e9
+    step = compute + 0.5 * 4 * per_node + per_node
+    assert p["time"]["compute_s"] == pytest.approx(compute)
     assert p["time"]["step_s"] == pytest.approx(step)
     assert p["audio_hours_per_step"] == pytest.approx(2048 * 16 / 3600)
     assert p["epoch"]["steps"] == pytest.approx(100_000 / (2048 * 16 / 3600))
@@ -99,13 +104,17 @@ def test_steps_for_budget_rounds_down():
 
 
 def test_recipe_uses_the_steps_its_budget_buys():
-    """ds_configs/a100x128_zero2_bf16.json holds what `tools/estimate.py --budget-days 21`
-    derives with its stated defaults (A100 312 TFLOP/s, 35% MFU, 16 s segments)."""
-    cfg, ds = load_config(RECIPE), json.loads(RECIPE_DS.read_text())
-    p = plan(cfg, ds, Cluster(gpus=128, peak_tflops=312.0, mfu=0.35), 16.0, 100_000.0,
-             budget_days=21)
-    assert ds["scheduler"]["params"]["total_num_steps"] == p["budget"]["derived_total_num_steps"]
-    assert not [w for w in p["warnings"] if "total_num_steps" in w]
+    """ds_configs/a100x128_zero{1,2}_bf16.json hold what `tools/estimate.py --budget-days 21`
+    derives with its stated defaults (A100 312 TFLOP/s, 35% MFU, 16 s segments, DGX A100
+    fabric, half the gradient reduction overlapped)."""
+    cfg = load_config(RECIPE)
+    for path in (RECIPE_DS, RECIPE_DS.with_name("a100x128_zero1_bf16.json")):
+        ds = json.loads(path.read_text())
+        p = plan(cfg, ds, Cluster(gpus=128, peak_tflops=312.0, mfu=0.35), 16.0, 100_000.0,
+                 budget_days=21)
+        assert ds["scheduler"]["params"]["total_num_steps"] == \
+            p["budget"]["derived_total_num_steps"], path
+        assert not [w for w in p["warnings"] if "total_num_steps" in w]
 
 
 def test_inconsistent_inputs_are_flagged():

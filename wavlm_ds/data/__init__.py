@@ -1,5 +1,6 @@
-"""Data: shard index, audio decoding, the webdataset-format training stream, mixing."""
+"""Data: shard index, audio decoding, the webdataset-format (tar) training stream, mixing."""
 from wavlm_ds.data.augment import mix_utterances
-from wavlm_ds.data.loader import EvalLoader, TrainLoader
+from wavlm_ds.data.evaluation import EvalLoader
+from wavlm_ds.data.loader import DataSourceError, TrainLoader
 
-__all__ = ["EvalLoader", "TrainLoader", "mix_utterances"]
+__all__ = ["DataSourceError", "EvalLoader", "TrainLoader", "mix_utterances"]

@@ -2,9 +2,12 @@
 
 {"version": 1, "sample_rate": 16000, "total_samples": N, "total_hours": H,
  "shards": [{"name": "train-000000.tar", "num_samples": n, "hours": h, "bytes": b,
-             "sha256": "..."}]}
+             "sha256": "...", "sample_index": "train-000000.idx.json"}]}
 
-Shard names are relative to the index's directory. Webdataset cannot tell a tar cut cleanly
+Shard names are relative to the index's directory (a local path or a URL). `sample_index`
+names the shard's per-sample index (data/sample_index.py: byte offsets, sizes, durations),
+which lets a resumed reader skip to its position without reading tar bytes; shard sets made
+before it existed have "" there (`tools/make_shards.py --reindex DIR/index.json` adds them). Webdataset cannot tell a tar cut cleanly
 at a member boundary from a complete one; the index's counts can.
 """
 from __future__ import annotations
@@ -12,10 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from wavlm_ds.config import ConfigError
+from wavlm_ds.data.io import parent_url, read_bytes, redact
+from wavlm_ds.data.sample_index import write_sample_index
 
 INDEX_NAME = "index.json"
 
@@ -31,6 +37,7 @@ class ShardInfo:
     hours: float
     bytes: int
     sha256: str
+    sample_index: str = ""  # file name of the per-shard sample index, "" if none
 
     @classmethod
     def from_file(cls, path: Path, num_samples: int, hours: float) -> "ShardInfo":
@@ -40,12 +47,22 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class ShardIndex:
-    path: Path
+    path: str  # local path or URL of index.json
     shards: tuple[ShardInfo, ...]
     sample_rate: int
 
     def shard_paths(self) -> list[Path]:
-        return [self.path.parent / s.name for s in self.shards]
+        return [Path(u) for u in self.shard_urls()]
+
+    def shard_urls(self) -> list[str]:
+        return [f"{parent_url(self.path)}/{s.name}" for s in self.shards]
+
+    def sample_index_urls(self) -> list[str | None]:
+        return [f"{parent_url(self.path)}/{s.sample_index}" if s.sample_index else None
+                for s in self.shards]
+
+
+_hashed = Counter()  # bytes this process has hashed (the resume test counts them)
 
 
 def sha256_file(path: Path) -> str:
@@ -53,10 +70,20 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)
+            _hashed["bytes"] += len(block)
     return h.hexdigest()
 
 
+def bytes_hashed() -> int:
+    """Bytes sha256_file has read in this process so far."""
+    return _hashed["bytes"]
+
+
 def write_index(out_dir: Path, shards: list[ShardInfo], sample_rate: int = 16000) -> Path:
+    """index.json under `out_dir`, and beside it the sample index of each shard that is
+    there (a shard not on this disk gets none)."""
+    shards = [replace(s, sample_index=write_sample_index(Path(out_dir) / s.name)
+                      if (Path(out_dir) / s.name).is_file() else "") for s in shards]
     data = {"version": 1, "sample_rate": sample_rate,
             "total_samples": sum(s.num_samples for s in shards),
             "total_hours": sum(s.hours for s in shards), "shards": [asdict(s) for s in shards]}
@@ -65,17 +92,28 @@ def write_index(out_dir: Path, shards: list[ShardInfo], sample_rate: int = 16000
     return path
 
 
-def read_index(path: Path) -> ShardIndex:
-    path = Path(path)
+def reindex(index_path: Path) -> Path:
+    """Add sample indexes to a local shard set made before they existed (rewrites index.json)."""
+    index = read_index(index_path)
+    return write_index(Path(index_path).parent, list(index.shards), index.sample_rate)
+
+
+def read_index(path: Path | str) -> ShardIndex:
+    """The index at a local path or URL; ShardIndexError naming it if absent or malformed."""
+    path = str(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_bytes(path))
         shards = tuple(ShardInfo(**s) for s in data["shards"])
         return ShardIndex(path, shards, int(data.get("sample_rate", 16000)))
     except FileNotFoundError:
-        raise ShardIndexError(f"{path}: index not found; make shards with tools/make_shards.py") from None
+        raise ShardIndexError(f"{redact(path)}: index not found; make shards with "
+                              "tools/make_shards.py (a URL: check it and its credentials)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ShardIndexError(f"{path}: malformed shard index ({type(err).__name__}: {err}); "
-                          "regenerate it with tools/make_shards.py") from None
+        raise ShardIndexError(f"{redact(path)}: malformed shard index ({type(err).__name__}: "
+                              f"{err}); regenerate it with tools/make_shards.py") from None
+    except Exception as err:  # a URL that still failed after the retries (aiohttp, botocore, ...)
+        raise ShardIndexError(f"{redact(path)}: unreadable index ({type(err).__name__}: "
+                              f"{redact(str(err))})") from None
 
 
 def count_samples(tar_path: Path) -> tuple[int, str | None]:

@@ -1,4 +1,4 @@
-"""TrainLoader / EvalLoader: slots, shuffling, bucketing, workers and the resumable state.
+"""TrainLoader: slots, shuffling, bucketing, workers and the resumable state.
 
 See wavlm_ds/data/pipeline.py for the batch dict, the determinism rules and the resume
 mechanism. Modes: finite epochs (data.resampled: false; shards assigned without
@@ -9,6 +9,7 @@ number of batches used only to reseed).
 from __future__ import annotations
 
 import atexit
+import heapq
 import logging
 import math
 import multiprocessing.util  # registers its exit handler before ours (see below)
@@ -21,11 +22,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from wavlm_ds.config import ConfigError, DataConfig
-from wavlm_ds.data.pipeline import (Sample, Slot, collate, decode_crop, hash_seed,
-                                    read_samples)
+from wavlm_ds.data.io import redact
+from wavlm_ds.data.pipeline import (Replay, Sample, Slot, collate, decode_crop, hash_seed,
+                                    read_samples, replay_shard)
+from wavlm_ds.data.sample_index import load_sample_index
 from wavlm_ds.data.spec import Shard, expand_spec
 
 log = logging.getLogger(__name__)
+REINDEX_FIX = "python tools/make_shards.py --reindex DIR/index.json (adds sample indexes)"
 RESAMPLED_EPOCH_DEFAULT = 1000  # nominal batches per worker and epoch when counts are unknown
 
 
@@ -36,10 +40,12 @@ def assign_slots(shards: list[Shard], slots: int, batch_size: int, seed: int,
     random.Random(hash_seed(seed, epoch, "shards")).shuffle(order)
     lists: list[list[Shard]] = [[] for _ in range(slots)]
     loads = [0] * slots
+    heap = [(0, i) for i in range(slots)]  # (load, slot): the least loaded, lowest index first
     for shard in sorted(order, key=lambda s: -s.num_samples):  # stable: ties keep the shuffle
-        target = loads.index(min(loads))
+        load, target = heapq.heappop(heap)
         lists[target].append(shard)
-        loads[target] += shard.num_samples
+        loads[target] = load + shard.num_samples
+        heapq.heappush(heap, (loads[target], target))
     for i, lst in enumerate(lists):
         random.Random(hash_seed(seed, epoch, "slot", i)).shuffle(lst)
     per_slot = min(loads) // batch_size
@@ -94,10 +100,12 @@ class _SlotStream(IterableDataset):
         slot = L.slot(self.epoch, role)
         stats: Counter = Counter()
         rng = random.Random(hash_seed(L.seed, self.epoch, L.rank, role, "order"))
-        samples = L.samples(slot, rng, stats, self.epoch, role)
+        replay = Replay(skip > 0)
+        samples = L.samples(slot, rng, ShardReader(L, stats, replay), self.epoch, role)
         batches = bucket_batches(shuffle_buffer(samples, L.cfg.shuffle_buffer, rng),
                                  L.batch_size, L.cfg.bucket_batches, rng)
         for i in range(slot.num_batches):
+            replay.active = i < skip
             meta = next(batches, [])
             if i < skip:
                 continue  # replay: metadata only, no decoding
@@ -147,6 +155,8 @@ class TrainLoader:
         self.sources = [expand_spec(s.shards, cfg.allow_pipe, f"data.sources[{s.name}].shards")
                         for s in cfg.sources]
         self.weights = [s.weight for s in cfg.sources]
+        self._source_names = {s.url: src.name for src, shards in zip(cfg.sources, self.sources)
+                              for s in shards}
         self._validate()
         self.epoch, self.consumed = 0, 0
         self.totals: Counter = Counter()
@@ -183,25 +193,26 @@ class TrainLoader:
         return assign_slots(shards, self.world * self.W, self.batch_size, self.seed,
                             epoch)[self.rank * self.W + role]
 
-    def samples(self, slot: Slot, rng: random.Random, stats: Counter, epoch: int,
+    def samples(self, slot: Slot, rng: random.Random, reader: "ShardReader", epoch: int,
                 role: int) -> Iterator[Sample]:
         if not self.cfg.resampled:
             for shard in slot.shards:
-                yield from self._read(shard, stats)
+                yield from reader.read(shard)
             return
         src_rng = random.Random(hash_seed(self.seed, epoch, self.rank, role, "sources"))
-        streams = [self._resampled(src, src_rng, stats) for src in self.sources]
+        streams = [self._resampled(src, src_rng, reader) for src in self.sources]
         while True:
             i = rng.choices(range(len(streams)), weights=self.weights)[0]
             yield next(streams[i])
 
-    def _resampled(self, shards: list[Shard], rng: random.Random,
-                   stats: Counter) -> Iterator[Sample]:
+    @staticmethod
+    def _resampled(shards: list[Shard], rng: random.Random,
+                   reader: "ShardReader") -> Iterator[Sample]:
         while True:
-            yield from self._read(rng.choice(shards), stats)
+            yield from reader.read(rng.choice(shards))
 
-    def _read(self, shard: Shard, stats: Counter) -> Iterator[Sample]:
-        return read_samples(shard.url, self.cfg, stats, shard.num_samples)
+    def source_of(self, shard: Shard) -> str:
+        return self._source_names.get(shard.url, "?")
 
     @property
     def batches_per_epoch(self) -> int:
@@ -238,26 +249,47 @@ class TrainLoader:
             self.epoch, self.consumed = self.epoch + 1, 0
 
 
-class EvalLoader:
-    """Deterministic held-out batches: shards split by rank, no shuffle, no mixing, the first
-    max_duration_s of each utterance; the same batch count on every rank."""
+class DataSourceError(RuntimeError):
+    """Too many consecutive shards of one source yielded nothing: the run must stop."""
 
-    def __init__(self, spec: str, batch_size: int, rank: int, world_size: int,
-                 max_batches: int, cfg: DataConfig | None = None) -> None:
-        self.cfg = cfg or DataConfig()
-        shards = expand_spec(spec, self.cfg.allow_pipe, "data.valid_shards")
-        self.mine = shards[rank::world_size]
-        counts = [sum(s.num_samples or 0 for s in shards[r::world_size]) for r in range(world_size)]
-        per_rank = min(counts) // batch_size if all(s.num_samples for s in shards) else max_batches
-        self.num_batches = min(max_batches, per_rank)
-        self.batch_size = batch_size
 
-    def __iter__(self) -> Iterator[dict]:
-        stats: Counter = Counter()
-        cfg = self.cfg
-        samples = (smp for sh in self.mine
-                   for smp in read_samples(sh.url, cfg, stats, sh.num_samples))
-        for _ in range(self.num_batches):
-            meta = [next(samples, None) for _ in range(self.batch_size)]
-            wavs = [decode_crop(m, cfg, 0, 0, stats, random_crop=False) if m else None for m in meta]
-            yield collate(wavs, [m.key if m else "" for m in meta], 0)
+class ShardReader:
+    """Reads the shards of one worker's stream: from their sample index while replaying a
+    resume (tar bytes for shards without one, warned once), and stops the run with
+    DataSourceError after data.max_failed_shards_in_a_row consecutive shards of one source
+    that yield no sample (a spin otherwise, in resampled mode, until the NCCL timeout)."""
+
+    def __init__(self, loader: TrainLoader, stats: Counter, replay: Replay) -> None:
+        self.loader, self.stats, self.replay = loader, stats, replay
+        self.failed: Counter = Counter()  # source name -> consecutive empty shards
+        self.warned = False
+
+    def read(self, shard: Shard) -> Iterator[Sample]:
+        cfg, source = self.loader.cfg, self.loader.source_of(shard)
+        if self.replay.active and shard.sample_index:
+            entries = load_sample_index(shard.sample_index, self.stats)
+            stream = replay_shard(shard.url, entries, cfg, self.stats, self.replay)
+        else:
+            if self.replay.active and not self.warned:
+                self.warned = True
+                log.warning("shard %s has no sample index: resuming replays its tar bytes; "
+                            "to resume without reading them, run %s", redact(shard.url),
+                            REINDEX_FIX)
+            stream = read_samples(shard.url, cfg, self.stats, shard.num_samples)
+        count = 0
+        while True:
+            try:
+                sample = next(stream)
+            except StopIteration as end:
+                error = end.value
+                break
+            count += 1
+            yield sample
+        self.failed[source] = 0 if count else self.failed[source] + 1
+        if self.failed[source] >= cfg.max_failed_shards_in_a_row:
+            raise DataSourceError(
+                f"data source {source!r}: {self.failed[source]} shards in a row yielded no "
+                f"sample (data.max_failed_shards_in_a_row={cfg.max_failed_shards_in_a_row}); "
+                f"the last, {redact(shard.url)}: {error or 'no usable sample'}. Check that the "
+                "shards are reachable and readable (mount, permissions, credentials, the "
+                "pipe: command)")

@@ -24,25 +24,32 @@ short (filtered or corrupt samples) fills with invalid rows (`filled_invalid`).
 Resume: the state is the number of batches handed to the trainer in the current epoch. The
 DataLoader always restarts its round-robin at worker 0, so on resume worker k plays role
 (k + n) % W and first skips the batches of that role already consumed, replaying the
-metadata stream (tar headers + json, no audio decoding). Replay reads the slot's tar bytes
-up to the resume point: at most one epoch of that slot's data.
+metadata stream. Shards with a sample index (data/sample_index.py, written by make_shards)
+are replayed from it: no tar bytes; the samples still in the shuffle buffer and bucket pool
+when replay ends are fetched one by one by byte range, and the shard being read continues
+from its first unseen sample. Bytes read to resume: the slot's sample-index files, plus at
+most (shuffle_buffer + bucket_batches x batch) samples fetched by range, which is at most
+one shard's bytes whenever a shard holds that many samples. Shards without a sample index
+replay their tar bytes up to the resume point (up to one epoch of the slot), with a warning
+naming the fix (`tools/make_shards.py --reindex DIR/index.json`).
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, replace
+from typing import Generator, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from wavlm_ds.config import DataConfig
 from wavlm_ds.data.audio import AudioError, check_waveform, decode_audio, to_mono_16k
+from wavlm_ds.data.io import open_shard, read_range, redact
+from wavlm_ds.data.sample_index import SampleEntry, parse_duration, split_name
 from wavlm_ds.data.spec import Shard
 
 log = logging.getLogger(__name__)
@@ -63,9 +70,10 @@ class Sample:
     key: str
     shard: str
     duration_s: float
-    audio: bytes
+    audio: bytes | None  # None: not read yet; fetched from `span` of the shard when decoded
     ext: str
     labels: bytes | None = None  # .npy bytes of one label per 20 ms frame, if configured
+    span: tuple[int, int] | None = None  # the sample's bytes in its tar (from a sample index)
 
 
 @dataclass
@@ -75,107 +83,186 @@ class Slot:
     num_batches: int
 
 
-def read_tar(url: str, max_member_bytes: int, stats: Counter,
-             expected: int | None = None) -> Iterator[dict]:
-    """Group a tar's members by key; skip oversized members before reading them.
+class Replay:
+    """Set while a resumed reader walks the batches it already handed out: shards with a
+    sample index are then replayed from it (no tar bytes), see replay_shard."""
 
-    A damaged tar ends the shard: the sample being read is still yielded with the members
-    read completely (to_sample rejects it if one is missing). tarfile ends silently when a
-    tar is cut inside a header, so with `expected` (the index's sample count) the samples
-    that never appeared are counted as `lost_samples:<url>` too.
-    """
+    def __init__(self, active: bool) -> None:
+        self.active = active
+
+
+def skip(stats: Counter, reason: str, url: str, key: str, detail: str = "") -> None:
+    """Count a skipped sample per reason, shard and key, and log it once."""
+    name = redact(url)
+    stats[f"{reason}:{name}:{key}"] += 1
+    (log.info if reason == "too_short" else log.warning)(
+        "skipped %s of shard %s: %s%s", key, name, reason, f" ({detail})" if detail else "")
+
+
+def group_members(tar: tarfile.TarFile, url: str, max_member_bytes: int, stats: Counter,
+                  errors: list) -> Iterator[dict]:
+    """Members grouped by key (consecutive members sharing it); oversized members are
+    skipped before they are read. A damaged tar ends the shard, its error appended to
+    `errors`: the sample being read is still yielded with the members read completely."""
     current: dict = {}
-    seen = 0
     try:
-        with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
-                if current and current["__key__"] != key:
-                    yield current
-                    current = {}
-                if not current:
-                    seen += 1
-                current["__key__"] = key
-                if member.size > max_member_bytes:
-                    stats[f"member_too_large:{url}:{key}"] += 1
-                    current.setdefault("__refused__", True)
-                    continue
-                current[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        stats[f"truncated_shard:{url}"] += 1
-        log.warning("shard %s is damaged (%s): skipping its remaining samples", url, err)
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = split_name(member.name)
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current["__key__"] = key
+            if member.size > max_member_bytes:
+                stats[f"member_too_large:{redact(url)}:{key}"] += 1
+                current.setdefault("__refused__", True)
+                continue
+            current[ext] = tar.extractfile(member).read()
+    except Exception as err:  # tarfile, OSError, or a back end's own (aiohttp, botocore)
+        errors.append(err)
     if current:
         yield current
+
+
+def read_tar(url: str, max_member_bytes: int, stats: Counter, expected: int | None = None,
+             start: int = 0) -> Generator[dict, None, str | None]:
+    """The raw samples of one shard from byte `start` (a sample boundary); returns the
+    error that ended it early, or None.
+
+    A damaged, unreadable or cut shard is counted as `truncated_shard:<url>`; tarfile ends
+    silently when a tar is cut inside a header, so with `expected` (the index's count of
+    samples from `start` on) the samples that never appeared count as `lost_samples:<url>`.
+    """
+    seen, errors, name = 0, [], redact(url)
+    try:
+        with open_shard(url, stats, start) as stream, \
+                tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for raw in group_members(tar, url, max_member_bytes, stats, errors):
+                seen += 1
+                yield raw
+    except Exception as err:  # opening failed (after retries), or a pipe: exit status
+        errors.append(err)
+    error = f"{type(errors[-1]).__name__}: {redact(str(errors[-1]))}" if errors else None
+    if error:
+        stats[f"truncated_shard:{url}"] += 1
+        log.warning("shard %s is damaged or unreadable (%s): skipping its remaining samples",
+                    name, error)
     if expected is not None and seen < expected:
         stats[f"lost_samples:{url}"] += expected - seen
         log.warning("shard %s: %d of the %d samples its index lists are missing (truncated?)",
-                    url, expected - seen, expected)
+                    name, expected - seen, expected)
+    return error
 
 
-def _open(url: str):
-    if url.startswith("pipe:"):
-        import subprocess
-        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
-        return proc.stdout
-    return open(url, "rb")
+def admit(key: str, members: Iterable[str], duration: float | None, url: str,
+          cfg: DataConfig, stats: Counter) -> str | None:
+    """The metadata checks (no decoding) on a sample's member names and duration: its audio
+    extension if it passes, else None with the skip counted and logged."""
+    members = set(members)
+    ext = next((e for e in AUDIO_EXTS if e in members), None)
+    if ext is None or "json" not in members:
+        skip(stats, "missing_member", url, key, "no audio" if ext is None else "no .json")
+    elif duration is None:
+        skip(stats, "bad_json", url, key, "no readable duration_s")
+    elif duration < cfg.min_duration_s:
+        skip(stats, "too_short", url, key, f"{duration:.2f} s < {cfg.min_duration_s} s")
+    elif cfg.label_member and cfg.label_member not in members:
+        skip(stats, "missing_labels", url, key, f"no .{cfg.label_member}")
+    else:
+        return ext
+    return None
 
 
 def to_sample(raw: dict, url: str, cfg: DataConfig, stats: Counter) -> Sample | None:
-    """Metadata checks only (no decoding): missing members, bad json, duration filter."""
-    key = raw["__key__"]
+    """A raw member group as a Sample, or None (skip counted) if it fails `admit`."""
     if raw.get("__refused__"):
         return None
-    ext = next((e for e in AUDIO_EXTS if e in raw), None)
-    if ext is None or "json" not in raw:
-        stats["missing_member"] += 1
-        log.warning("%s: sample %s lacks %s", url, key, "audio" if ext is None else ".json")
+    key, duration = raw["__key__"], parse_duration(raw.get("json"))
+    ext = admit(key, raw, duration, url, cfg, stats)
+    if ext is None:
         return None
-    try:
-        duration = float(json.loads(raw["json"])["duration_s"])
-    except (ValueError, KeyError, TypeError):
-        stats["bad_json"] += 1
-        return None
-    if duration < cfg.min_duration_s:
-        stats["too_short"] += 1
-        return None
-    labels = None
-    if cfg.label_member:
-        labels = raw.get(cfg.label_member)
-        if labels is None:
-            stats[f"missing_labels:{url}:{key}"] += 1
-            return None
-    return Sample(key, url, duration, raw[ext], ext, labels)
+    return Sample(key, url, duration, raw[ext], ext,
+                  raw.get(cfg.label_member) if cfg.label_member else None)
 
 
-def read_samples(url: str, cfg: DataConfig, stats: Counter,
-                 expected: int | None = None) -> Iterator[Sample]:
-    """Samples of one shard, with members of its sidecar shard (same file name under
-    data.label_sidecar_dir) joined by key; metadata only, nothing decoded. `expected`: the
-    index's sample count, to count samples lost to truncation."""
-    sidecar: dict[str, dict] = {}
-    if cfg.label_sidecar_dir:
-        path = f"{cfg.label_sidecar_dir.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
-        sidecar = {raw["__key__"]: raw for raw in read_tar(path, cfg.max_member_bytes, stats)}
-    for raw in read_tar(url, cfg.max_member_bytes, stats, expected):
-        extra = sidecar.get(raw["__key__"], {})
-        sample = to_sample({**extra, **raw}, url, cfg, stats)
-        if sample is not None:
+def _sidecar(url: str, cfg: DataConfig, stats: Counter) -> dict[str, dict]:
+    """Members of the shard's label sidecar (same file name under data.label_sidecar_dir)."""
+    if not cfg.label_sidecar_dir:
+        return {}
+    path = f"{cfg.label_sidecar_dir.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
+    return {raw["__key__"]: raw for raw in read_tar(path, cfg.max_member_bytes, stats)}
+
+
+def read_samples(url: str, cfg: DataConfig, stats: Counter, expected: int | None = None,
+                 start: int = 0, with_rejected: bool = False,
+                 ) -> Generator[Sample | None, None, str | None]:
+    """Samples of one shard from byte `start`, with its sidecar's members joined by key;
+    metadata only, nothing decoded; rejected samples as None if `with_rejected`. Returns
+    the error that ended the shard early, or None."""
+    sidecar = _sidecar(url, cfg, stats)
+    reader = read_tar(url, cfg.max_member_bytes, stats, expected, start)
+    while True:
+        try:
+            raw = next(reader)
+        except StopIteration as end:
+            return end.value
+        sample = to_sample({**sidecar.get(raw["__key__"], {}), **raw}, url, cfg, stats)
+        if sample is not None or with_rejected:
             yield sample
+
+
+def replay_shard(url: str, entries: list[SampleEntry], cfg: DataConfig, stats: Counter,
+                 replay: Replay) -> Generator[Sample, None, str | None]:
+    """A shard's samples from its sample index while `replay` is active (audio left to be
+    fetched by span), then from the tar itself, opened at the first sample not yet seen."""
+    sidecar = _sidecar(url, cfg, stats)
+    for i, entry in enumerate(entries):
+        if not replay.active:
+            return (yield from read_samples(url, cfg, stats, len(entries) - i, entry.start))
+        labels = sidecar.get(entry.key, {}).get(cfg.label_member) if cfg.label_member else None
+        members = list(entry.sizes) + ([cfg.label_member] if labels is not None else [])
+        too_large = [e for e, size in entry.sizes.items() if size > cfg.max_member_bytes]
+        for _ in too_large:  # counted per member, as group_members does
+            stats[f"member_too_large:{redact(url)}:{entry.key}"] += 1
+        if too_large:
+            continue
+        ext = admit(entry.key, members, entry.duration_s, url, cfg, stats)
+        if ext is not None:
+            yield Sample(entry.key, url, entry.duration_s, None, ext, labels,
+                         (entry.start, entry.end))
+    return None
+
+
+def fetch(sample: Sample, cfg: DataConfig, stats: Counter) -> Sample:
+    """The sample with its audio (and in-shard labels) read from its span of the tar."""
+    data = read_range(sample.shard, *sample.span, stats)
+    errors: list = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
+        raw = next(group_members(tar, sample.shard, cfg.max_member_bytes, stats, errors), {})
+    if sample.ext not in raw:
+        raise OSError(f"no {sample.ext} member at bytes {sample.span} "
+                      f"({errors[-1] if errors else 'shard changed since it was indexed?'})")
+    labels = sample.labels if sample.labels is not None else raw.get(cfg.label_member)
+    return replace(sample, audio=raw[sample.ext], labels=labels if cfg.label_member else None)
 
 
 def decode_crop(sample: Sample, cfg: DataConfig, seed: int, epoch: int, stats: Counter,
                 random_crop: bool = True) -> np.ndarray | tuple | None:
-    """Decode, fix what is defined (resample, downmix), reject the rest, crop."""
+    """Fetch if not read yet, decode, fix what is defined (resample, downmix), reject the
+    rest, crop."""
+    try:
+        if sample.audio is None:
+            sample = fetch(sample, cfg, stats)
+    except (OSError, tarfile.TarError) as err:
+        skip(stats, "unreadable", sample.shard, sample.key, redact(str(err)))
+        return None
     try:
         samples, rate = decode_audio(sample.audio, f"{sample.shard}:{sample.key}")
         wav = to_mono_16k(samples, rate)
         check_waveform(wav, f"{sample.shard}:{sample.key}")
     except AudioError as err:
-        stats[f"bad_audio:{sample.shard}:{sample.key}"] += 1
-        log.warning("skipped: %s", err)
+        skip(stats, "bad_audio", sample.shard, sample.key, str(err))
         return None
     max_len, start = int(cfg.max_duration_s * SR), 0
     if len(wav) > max_len:

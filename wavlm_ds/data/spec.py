@@ -1,9 +1,10 @@
 """Shard specs -> concrete shard lists with sample counts.
 
 A spec is one of: a path to an index.json (shards relative to it, counts from it); a brace
-pattern ("/d/train-{000000..000009}.tar"); a comma-separated list of those; or a `pipe:`
+pattern ("/d/train-{000000..000009}.tar"); a URL or URL pattern (s3://, gs://, https://: read
+through fsspec, see data/io.py); a comma-separated list of those; or a `pipe:`
 URL (runs a shell command: refused unless `data.allow_pipe: true`). Sample counts come from
-an index.json: the given one, or one beside the shards.
+an index.json (local or a URL): the given one, or one beside local shards.
 """
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import braceexpand
 
 from wavlm_ds.config import ConfigError
 from wavlm_ds.data.index import INDEX_NAME, read_index
+from wavlm_ds.data.io import is_url
 
 
 @dataclass(frozen=True)
 class Shard:
-    url: str  # a local path or a pipe: command
+    url: str  # a local path, a URL (fsspec) or a pipe: command
     num_samples: int | None  # from an index; None if unknown
+    sample_index: str | None = None  # URL of its per-sample index (data/sample_index.py)
 
 
 def expand_spec(spec: str, allow_pipe: bool, key: str = "data.sources") -> list[Shard]:
@@ -32,8 +35,11 @@ def expand_spec(spec: str, allow_pipe: bool, key: str = "data.sources") -> list[
                                   "shell command; set data.allow_pipe: true to allow it")
             shards += [Shard(url, None) for url in braceexpand.braceexpand(part)]
         elif part.endswith(".json"):
-            index = read_index(Path(part))
-            shards += [Shard(str(p), s.num_samples) for p, s in zip(index.shard_paths(), index.shards)]
+            index = read_index(part)
+            shards += [Shard(u, s.num_samples, i) for u, s, i in
+                       zip(index.shard_urls(), index.shards, index.sample_index_urls())]
+        elif is_url(part):  # no existence check: a missing object is a failed shard
+            shards += [Shard(url, None) for url in braceexpand.braceexpand(part)]
         else:
             shards += _local_shards(part, key)
     if not shards:
@@ -47,9 +53,10 @@ def _local_shards(pattern: str, key: str) -> list[Shard]:
     if missing:
         raise ConfigError(f"{key}: shard pattern {pattern!r} matches nothing at {missing[0]}"
                           f" ({len(missing)} of {len(paths)} missing)")
-    counts: dict[str, int] = {}
+    known: dict[str, Shard] = {}
     for parent in {p.parent for p in paths}:
         if (parent / INDEX_NAME).is_file():
             index = read_index(parent / INDEX_NAME)
-            counts.update({str(parent / s.name): s.num_samples for s in index.shards})
-    return [Shard(str(p), counts.get(str(p))) for p in paths]
+            known.update({str(parent / s.name): Shard(str(parent / s.name), s.num_samples, i)
+                          for s, i in zip(index.shards, index.sample_index_urls())})
+    return [known.get(str(p), Shard(str(p), None)) for p in paths]
