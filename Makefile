@@ -88,7 +88,7 @@ eval: setup
 # tools/gpu_check.sh: DeepSpeed built here from its sdist, the rest downloaded for cp312,
 # each at the version this venv runs. Into the ignored .whl/ (see BENCHMARKS.md for its size).
 GPU_WHEELS := hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions \
-	webdataset braceexpand soundfile cffi pycparser fsspec py-cpuinfo msgpack einops
+	braceexpand soundfile cffi pycparser fsspec py-cpuinfo msgpack einops
 wheelhouse: setup
 	rm -rf .whl && mkdir -p .whl
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w .whl deepspeed==0.19.8

@@ -53,7 +53,7 @@ install_missing() {  # wheels from .whl for the modules that do not import here
   local site=/tmp/wavlm_ds_site wheels=() pair module pattern
   for pair in deepspeed:deepspeed hjson:hjson pydantic:pydantic pydantic_core:pydantic_core \
               annotated_types:annotated_types typing_inspection:typing_inspection \
-              webdataset:webdataset braceexpand:braceexpand soundfile:soundfile cffi:cffi \
+              braceexpand:braceexpand soundfile:soundfile cffi:cffi \
               pycparser:pycparser fsspec:fsspec cpuinfo:py_cpuinfo msgpack:msgpack \
               einops:einops yaml:PyYAML safetensors:safetensors; do
     module=${pair%%:*}; pattern=${pair#*:}
@@ -69,7 +69,7 @@ install_missing() {  # wheels from .whl for the modules that do not import here
       --target "$site" "${wheels[@]}" || exit 1
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   fi
-  "$PY" -c "import deepspeed, webdataset, soundfile, pydantic" || { echo "imports still fail"; exit 1; }
+  "$PY" -c "import deepspeed, fsspec, braceexpand, soundfile, pydantic" || { echo "imports still fail"; exit 1; }
 }
 
 if [ "$DRY" = "--dry-run" ]; then
