@@ -241,7 +241,9 @@ class TrainLoader:
                             generator=torch.Generator().manual_seed(hash_seed(self.seed, self.epoch)),
                             worker_init_fn=_worker_init if workers else None,
                             prefetch_factor=2 if workers else None,
-                            multiprocessing_context="fork" if workers else None)
+                            multiprocessing_context="fork" if workers else None,
+                            # page-locked batches: the step's host-to-device copies are async
+                            pin_memory=torch.cuda.is_available())
             for batch in dl:
                 self.consumed += 1
                 self.totals.update(batch.pop("stats"))
