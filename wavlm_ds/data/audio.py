@@ -3,6 +3,7 @@ decoders. Everything returns float32; failures raise AudioError naming the sourc
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import soundfile as sf
@@ -35,8 +36,20 @@ def decode_audio(data: bytes, source: str) -> tuple[np.ndarray, int]:
     except AudioError:
         raise
     except Exception as err:  # soundfile raises several types for corrupt input
-        raise AudioError(f"{source}: cannot decode ({type(err).__name__}: {err})") from None
+        raise AudioError(f"{source}: cannot decode ({type(err).__name__}: "
+                         f"{decoder_message(err)})") from None
     return samples, int(rate)
+
+
+def decoder_message(err: Exception) -> str:
+    """The decoder's message without run-dependent parts, so reports are reproducible.
+
+    libsndfile errors read "Error opening <_io.BytesIO object at 0x7f...>: Format not
+    recognised."; the object's address changes every run. Keep only libsndfile's own text
+    (`error_string`) and drop any remaining `<... at 0x...>` repr.
+    """
+    text = getattr(err, "error_string", None) or str(err)
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", text).strip()
 
 
 def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
