@@ -20,6 +20,12 @@ EXTRAS = {
     "eval": ["jiwer>=3.0", "praat-parselmouth>=0.4.3", "scikit-learn>=1.4"],
     "plot": ["matplotlib>=3.8"],
     "test": ["pytest>=8", "pytest-timeout>=2.2"],
+    # lhotse corpus recipes and manifests for make_shards; lhotse 1.33 imports urllib3
+    # without declaring it.
+    "data": ["lhotse>=1.33", "urllib3>=2"],
+    # the s3prl upstream and the transformers remote-code export. s3prl 0.4.18 asks only
+    # torch>=1.8 / torchaudio>=0.8, so the pinned torch 2.11 stays (checked with pip --dry-run).
+    "interop": ["s3prl==0.4.18", "transformers>=4.40"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 
