@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 SYSPKG_STAMP := $(VENV)/.syspkgs
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval compare clean
+.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval compare finetune clean
 
 setup: $(STAMP) $(SYSPKG_STAMP)
 
@@ -83,6 +83,13 @@ eval: setup
 	@test -f $(DEMO_DIR)/export/model.safetensors || $(MAKE) demo
 	$(PY) tools/eval_report.py --upstream $(DEMO_DIR)/export --corpus $(DEMO_DIR)/corpus \
 	    --out-dir $(DEMO_DIR)/eval
+
+# CTC fine-tuning of the demo export and of the same encoder from random initialization,
+# same steps, next to `make eval`'s frozen probes (runs/finetune/results.md, in the README).
+finetune: setup
+	@test -f $(DEMO_DIR)/export/model.safetensors || $(MAKE) demo
+	$(PY) tools/finetune_compare.py --export $(DEMO_DIR)/export --corpus $(DEMO_DIR)/corpus \
+	    --probe-results $(DEMO_DIR)/eval/results.json --out-dir runs/finetune --threads 1
 
 clean:
 	rm -rf runs

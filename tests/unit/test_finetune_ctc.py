@@ -113,3 +113,25 @@ def test_vocabulary_that_misses_the_transcripts(corpus, export, tmp_path, capsys
     skipped = summary["train"]["skipped_oov"]
     assert 0 < skipped["oov_utterances"] < summary["train"]["utterances"]
     assert skipped["first_oov"].endswith("'z'")
+
+
+def test_compare_table_pairs_the_two_runs(corpus, export, tmp_path):
+    import finetune_compare
+    estimate = {"value": 0.5, "ci_lo": 0.4, "ci_hi": 0.6, "resamples": 50}
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps({"systems": {"e": {"metrics": {"asr": {"wer": estimate,
+                                                                        "cer": estimate}}}}}))
+    out = tmp_path / "cmp"
+    assert finetune_compare.main(["--export", str(export), "--corpus", str(corpus), "--out-dir",
+                                  str(out), "--probe-results", str(probe), *TINY]) == 0
+    md = (out / "results.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [
+        "| fine-tuned, pretrained init", "| fine-tuned, random init",
+        "| fine-tuned, pretrained init - fine-tuned, random init (paired)",
+        "| frozen probe (BiLSTM, `make eval`): e"]
+    assert "50.0 [40.0, 60.0]" in rows[-1]
+    report = json.loads((out / "results.json").read_text())
+    a, b = (json.loads((out / k / "summary.json").read_text()) for k in ("pretrained", "random"))
+    assert report["paired_difference"]["wer"]["value"] == pytest.approx(
+        a["wer"]["value"] - b["wer"]["value"])

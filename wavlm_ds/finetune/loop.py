@@ -153,7 +153,7 @@ def finetune(export: Path, train_spec: str, test_spec: str, s: FinetuneSettings,
     hyps = transcribe(model, test.audio, tok)
     m = run_cfg.model
     summary = {"tool": "finetune_ctc", "export": str(export), "settings": asdict(s),
-               "world_size": world, "threads": torch.get_num_threads(),
+               "world_size": world, "threads": torch.get_num_threads(), "resamples": resamples,
                "encoder": {"preset": m.preset, "num_layers": m.num_layers, "model_dim": m.model_dim,
                            "parameters": sum(p.numel() for p in encoder.parameters()),
                            "pretrain_steps": run_cfg.training.max_steps,
