@@ -2,21 +2,22 @@
 initialization (same data, steps and seed), the table with bootstrap intervals and their
 paired difference, next to `make eval`'s frozen probes.
 
-usage: python tools/finetune_compare.py --export DIR --corpus DIR --out-dir DIR
+usage: python tools/finetune_compare.py --export DIR --corpus DIR --out-dir DIR [--jobs 2]
            [--probe-results runs/demo/eval/results.json] [finetune_ctc.py options]
 
-Runs tools/finetune_ctc.py twice (OUT/pretrained, OUT/random), then writes OUT/results.md
-(the README quotes it) and OUT/results.json.
+Runs tools/finetune_ctc.py twice (OUT/pretrained, OUT/random; side by side with --jobs 2,
+one thread each: the runs are independent), then writes OUT/results.md (the README quotes
+it) and OUT/results.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import finetune_ctc  # tools/ sibling
 
 from wavlm_ds.eval import EvalError, cli
 from wavlm_ds.finetune.report import caption, paired, table
@@ -28,16 +29,24 @@ def main(argv: list[str]) -> int:
     p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--probe-results", type=Path, help="eval_report's results.json (optional)")
+    p.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at a time")
     args, passthrough = p.parse_known_args(argv)
-    runs, elapsed = {}, {}
-    for init in ("pretrained", "random"):
+    inits = ("pretrained", "random")
+
+    def one(init: str) -> float:
         t0 = time.time()
-        code = finetune_ctc.main([str(args.export), "--corpus", str(args.corpus), "--out",
-                                  str(args.out_dir / init), "--init", init, *passthrough])
-        if code:
-            return code
-        elapsed[init] = time.time() - t0
-        runs[f"fine-tuned, {init} init"] = json.loads((args.out_dir / init / "summary.json").read_text())
+        subprocess.run([sys.executable, str(Path(__file__).with_name("finetune_ctc.py")),
+                        str(args.export), "--corpus", str(args.corpus), "--out",
+                        str(args.out_dir / init), "--init", init, *passthrough], check=True)
+        return time.time() - t0
+
+    try:
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            elapsed = dict(zip(inits, pool.map(one, inits)))
+    except subprocess.CalledProcessError as err:
+        raise EvalError(f"a fine-tuning run failed ({err}); its message is above") from None
+    runs = {f"fine-tuned, {init} init": json.loads((args.out_dir / init / "summary.json").read_text())
+            for init in inits}
     probe = None
     if args.probe_results and args.probe_results.is_file():
         probe = json.loads(args.probe_results.read_text())
