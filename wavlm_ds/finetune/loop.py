@@ -4,7 +4,8 @@ Under the `deepspeed` launcher (or torchrun) every rank takes its share of each 
 batch and the gradients are averaged with one all-reduce per step (gloo on CPU, NCCL on
 CUDA); rank 0 decodes the test split, scores it and writes the outputs. Randomness: batch
 order, masks and layerdrop each come from their own generator seeded from (seed, step[,
-rank]), so a run is reproducible for a fixed thread count.
+rank]), and nn.Dropout's global RNG is reseeded from (seed, step, rank) every step, so a
+run is reproducible for a fixed thread count (a test checks two runs are identical).
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ NO_DECAY = ("bias", "norm", "embedding", "gate_const")
 
 def global_batches(lengths: Sequence[int], s: FinetuneSettings) -> list[list[int]]:
     """s.steps batches of utterance indices, epoch after epoch of shuffled batches."""
+    if len(lengths) < s.batch_size:
+        raise ValueError(f"{len(lengths)} training utterances cannot fill one batch of "
+                         f"{s.batch_size}; lower --batch-size")
     gen, out = make_generator("cpu", s.seed, BATCHES), []
     while len(out) < s.steps:
         out += [b for b in epoch_batches(lengths, s.batch_size, gen) if len(b) == s.batch_size]
