@@ -1,7 +1,7 @@
 """CTC fine-tuning of an exported encoder on labelled shards, scored by WER/CER (jiwer).
 
 usage: python tools/finetune_ctc.py EXPORT --corpus DIR --out DIR [--init pretrained|random]
-           [--steps 600] [--head-only-steps 60] [--batch-size 8] [--lr 2e-3]
+           [--steps 300] [--head-only-steps 30] [--batch-size 8] [--lr 2e-3]
            [--schedule tri_stage|cosine] [--mask-ratio 0.3] [--layerdrop 0.05]
            [--units chars|phonemes] [--vocab FILE] [--threads N]
        deepspeed --hostfile hostfiles/localhost --no_ssh_check --master_addr 127.0.0.1 \\

@@ -29,8 +29,8 @@ from wavlm_ds.ops.span_mask import span_mask
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    steps: int = 600  # optimizer steps in all (head-only steps included)
-    head_only_steps: int = 60  # fairseq's freeze_finetune_updates
+    steps: int = 300  # optimizer steps in all (head-only steps included)
+    head_only_steps: int = 30  # fairseq's freeze_finetune_updates
     batch_size: int = 8  # utterances per optimizer step, over all ranks
     lr: float = 2e-3  # peak learning rate
     schedule: Literal["tri_stage", "cosine"] = "tri_stage"
