@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 SYSPKG_STAMP := $(VENV)/.syspkgs
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval compare wheelhouse clean
+.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval compare wheelhouse finetune clean
 
 setup: $(STAMP) $(SYSPKG_STAMP)
 
@@ -97,6 +97,13 @@ wheelhouse: setup
 	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 	  $$($(PY) -c "from importlib.metadata import version; print(' '.join(f'{n}=={version(n)}' for n in '$(GPU_WHEELS)'.split()))")
 	du -sh .whl && ls .whl
+
+# CTC fine-tuning of the demo export and of the same encoder from random initialization,
+# same steps, next to `make eval`'s frozen probes (runs/finetune/results.md, in the README).
+finetune: setup
+	@test -f $(DEMO_DIR)/export/model.safetensors || $(MAKE) demo
+	$(PY) tools/finetune_compare.py --export $(DEMO_DIR)/export --corpus $(DEMO_DIR)/corpus \
+	    --probe-results $(DEMO_DIR)/eval/results.json --out-dir runs/finetune --threads 1
 
 clean:
 	rm -rf runs

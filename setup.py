@@ -23,6 +23,12 @@ EXTRAS = {
     "cloud": ["s3fs", "gcsfs"],  # s3:// and gs:// shards; not installed by the tests
     # transformers: the WavLM encoder oracle; fsspec[http]: the HTTP shard-server tests
     "test": ["pytest>=8", "pytest-timeout>=2.2", "transformers>=4.40", "fsspec[http]"],
+    # lhotse corpus recipes and manifests for make_shards; lhotse 1.33 imports urllib3
+    # without declaring it.
+    "data": ["lhotse>=1.33", "urllib3>=2"],
+    # the s3prl upstream and the transformers remote-code export. s3prl 0.4.18 asks only
+    # torch>=1.8 / torchaudio>=0.8, so the pinned torch 2.11 stays (checked with pip --dry-run).
+    "interop": ["s3prl==0.4.18", "transformers>=4.40"],
 }
 EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name != "cloud" for dep in deps})
 

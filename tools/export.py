@@ -1,10 +1,14 @@
 """Export a DeepSpeed ZeRO checkpoint, or convert it to a universal checkpoint.
 
 usage: python tools/export.py model RUN_DIR_OR_CHECKPOINT --out DIR
+       python tools/export.py hf EXPORT_OR_CHECKPOINT --out DIR
        python tools/export.py universal CHECKPOINT --out DIR
 
 `model` consolidates the ZeRO shards with DeepSpeed's zero_to_fp32 API into
 `model.safetensors` + `config.json` (load with `wavlm_ds.pretrained.load_pretrained`).
+`hf` writes a transformers directory (remote code, config.json, model.safetensors,
+preprocessor_config.json): `AutoModel.from_pretrained(DIR, trust_remote_code=True)` takes
+16 kHz waveforms (see wavlm_ds/hub/hf/modeling_wavlm_ds.py).
 `universal` runs DeepSpeed's ds_to_universal so a run can resume on another GPU count.
 All files are read with weights_only=True (see wavlm_ds.checkpoint.forced_safe_loads).
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from wavlm_ds.checkpoint import (MANIFEST, UNIVERSAL_STATE, CheckpointManager, forced_safe_loads,
@@ -43,6 +48,15 @@ def export_model(ckpt_dir: Path, out: Path) -> Path:
     return save_export(out, state, cfg)
 
 
+def export_hf_from(src: Path, out: Path) -> Path:
+    """An export dir, or a run/checkpoint dir (exported to a temporary dir first)."""
+    from wavlm_ds.hub.hf_export import export_hf
+    if (src / "model.safetensors").is_file():
+        return export_hf(src, out)
+    with tempfile.TemporaryDirectory(prefix="wavlm_hf_export_") as tmp:
+        return export_hf(export_model(resolve_checkpoint(src), Path(tmp)), out)
+
+
 def export_universal(ckpt_dir: Path, out: Path) -> Path:
     from deepspeed.checkpoint import ds_to_universal
     args = argparse.Namespace(input_folder=str(ckpt_dir), output_folder=str(out), num_extract_workers=1,
@@ -59,10 +73,14 @@ def export_universal(ckpt_dir: Path, out: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("kind", choices=["model", "universal"])
+    p.add_argument("kind", choices=["model", "hf", "universal"])
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.kind == "hf":
+        out = export_hf_from(args.checkpoint, args.out)
+        print(json.dumps({"source": str(args.checkpoint), "export": str(out), "kind": "hf"}))
+        return 0
     ckpt_dir = resolve_checkpoint(args.checkpoint)
     out = (export_model if args.kind == "model" else export_universal)(ckpt_dir, args.out)
     print(json.dumps({"checkpoint": str(ckpt_dir), "export": str(out), "kind": args.kind}))

@@ -1,18 +1,33 @@
 """Pack audio into webdataset tar shards of 16 kHz mono FLAC + JSON metadata, with an index.
 
-usage: python tools/make_shards.py INPUT_DIR_OR_MANIFEST --out DIR [--prefix train]
-           [--max-duration-s 30] [--max-samples-per-shard 1000] [--max-shard-bytes 1e9]
-           [--workers 4] [--strict]
+usage: python tools/make_shards.py INPUT_DIR_OR_MANIFEST [SUPERVISIONS] --out DIR
+           [--prefix train] [--max-duration-s 30] [--max-samples-per-shard 1000]
+           [--max-shard-bytes 1e9] [--workers 4] [--strict]
+       python tools/make_shards.py --recipe {librispeech,commonvoice,voxpopuli,aishell,none}
+           CORPUS_ROOT --out DIR [--language en]
        python tools/make_shards.py --verify DIR/index.json
        python tools/make_shards.py --reindex DIR/index.json   (older sets: add sample indexes)
 
-Input: a directory (searched recursively for .wav .flac .ogg .mp3) or a manifest (.tsv
-with a header, or .jsonl) with `path` and optional `transcript`, `speaker`, `language`.
+Input: a directory (searched recursively for .wav .flac .ogg .mp3), a manifest (.tsv with
+a header, or .jsonl) with `path` and optional `transcript`, `speaker`, `language`, or
+lhotse manifests: a RecordingSet and a SupervisionSet (.jsonl.gz), or a CutSet. Each
+lhotse supervision becomes one sample cut at its time span, with its text, speaker and
+language; recordings without supervisions are treated like directory files.
+
+--recipe runs lhotse's corpus recipe on CORPUS_ROOT first (manifests go to DIR/manifests)
+and writes one shard set per split, DIR/<split>/. Expected layouts:
+  librispeech  <part>/SPEAKER/CHAPTER/*.flac + SPEAKER-CHAPTER.trans.txt (part: train-clean-100, ...)
+  commonvoice  <lang>/clips/*.mp3 + <lang>/{train,dev,test}.tsv (the release's columns)
+  voxpopuli    raw_audios/<lang>/<year>/*.ogg + asr_<lang>.tsv.gz placed in CORPUS_ROOT
+               (transcribed `asr` task only; unlabelled VoxPopuli audio: --recipe none)
+  aishell      data_aishell/transcript/aishell_transcript_v0.8.txt + data_aishell/wav/{train,dev,test}/SPK/*.wav
+  none         any directory (today's directory mode), e.g. untranscribed conversational speech
 Any rate, channel count, int or float samples: downmixed and resampled to 16 kHz mono.
 Recordings longer than --max-duration-s are split at the quietest 20 ms frame of the last
-5 s before the limit. Unreadable inputs are skipped and listed with their reason in
-DIR/report.json (exit code 1 with --strict). Keys are derived from sanitized relative paths
-plus a hash, so nothing is ever written outside DIR whatever the input names are.
+5 s before the limit (supervised spans are kept whole: their transcript covers all of it).
+Unreadable inputs are skipped and listed with their reason in DIR/report.json (exit code 1
+with --strict). Keys are derived from sanitized relative paths plus a hash, so nothing is
+ever written outside DIR whatever the input names are.
 Beside each shard, a sample index (`train-000000.idx.json`: byte offsets, sizes and
 durations of its samples) lets a resumed reader skip to its position without reading tars.
 """
@@ -34,14 +49,18 @@ from tqdm import tqdm
 
 from wavlm_ds.data.audio import AudioError, check_waveform, decode_audio, encode_flac, to_mono_16k
 from wavlm_ds.data.index import ShardInfo, reindex, verify_shards, write_index
+from wavlm_ds.data.lhotse_io import RECIPES, CorpusError, manifest_kind, prepare, read_manifests
 
 SR = 16000
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3"}
 META_KEYS = ("transcript", "phonemes", "speaker", "language")
 
 
-def read_inputs(source: Path) -> list[dict]:
-    """Entries {path, rel, meta...} from a directory tree or a TSV/JSONL manifest."""
+def read_inputs(source: Path, supervisions: Path | None = None) -> list[dict]:
+    """Entries {path, rel, meta...} from a directory tree, a TSV/JSONL manifest or lhotse
+    manifests (see wavlm_ds.data.lhotse_io)."""
+    if supervisions is not None or manifest_kind(source):
+        return read_manifests([source] + ([supervisions] if supervisions else []))
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTS)
         return [{"path": str(p), "rel": str(p.relative_to(source))} for p in files]
@@ -83,20 +102,24 @@ def split_points(wav: np.ndarray, max_len: int, search: int = 5 * SR, hop: int =
 
 def process(entry: dict, max_len: int) -> tuple[list[tuple[str, bytes, dict]], str | None]:
     """One input file -> [(key, flac bytes, metadata)] or an error reason."""
+    if entry.get("error"):
+        return [], entry["error"]
     try:
         data = Path(entry["path"]).read_bytes()
-        samples, rate = decode_audio(data, entry["path"])
+        samples, rate = decode_audio(data, entry["path"], entry.get("span"))
         wav = to_mono_16k(samples, rate)
         check_waveform(wav, entry["path"])
     except (AudioError, OSError) as err:
         return [], str(err)
-    bounds = [0, *split_points(wav, max_len), len(wav)]
+    # a supervised span stays whole (its transcript covers all of it)
+    bounds = [0, len(wav)] if entry.get("span") else [0, *split_points(wav, max_len), len(wav)]
+    offset_s = entry["span"][0] if entry.get("span") else 0.0
     out = []
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
         key = safe_key(entry["rel"], i)
         meta = {"key": key, "duration_s": (b - a) / SR, "sample_rate": SR, "num_samples": b - a,
                 "orig_sample_rate": rate, "orig_channels": int(samples.shape[1]),
-                "source": entry["rel"], "segment": [a / SR, b / SR]}
+                "source": entry["rel"], "segment": [offset_s + a / SR, offset_s + b / SR]}
         meta.update({k: entry[k] for k in META_KEYS if entry.get(k)})
         meta.update(entry.get("extra", {}))
         out.append((key, encode_flac(wav[a:b]), meta))
@@ -173,7 +196,10 @@ def _process_star(args: tuple) -> tuple:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("input", type=Path, nargs="?")
+    p.add_argument("input", type=Path, nargs="?", help="directory, manifest, or CORPUS_ROOT")
+    p.add_argument("supervisions", type=Path, nargs="?", help="lhotse SupervisionSet manifest")
+    p.add_argument("--recipe", choices=RECIPES, help="run lhotse's recipe on INPUT first")
+    p.add_argument("--language", default="en", help="VoxPopuli language (--recipe voxpopuli)")
     p.add_argument("--out", type=Path)
     p.add_argument("--prefix", default="train")
     p.add_argument("--max-duration-s", type=float, default=30.0)
@@ -194,13 +220,32 @@ def main(argv: list[str]) -> int:
         return 1 if problems else 0
     if args.input is None or args.out is None:
         p.error("INPUT and --out are required (or use --verify)")
-    report = make_shards(read_inputs(args.input), args.out, args.prefix, args.max_duration_s,
-                         args.max_samples_per_shard, int(args.max_shard_bytes), args.workers)
-    print(f"{report['samples']} samples, {report['hours']:.3f} h in {report['shards']} shards; "
-          f"{len(report['skipped'])} inputs skipped (see {args.out / 'report.json'})")
-    for item in report["skipped"]:
-        print(f"  skipped {item['path']}: {item['reason']}")
-    return 1 if args.strict and report["skipped"] else 0
+    try:
+        jobs = plan_jobs(args)
+    except CorpusError as err:
+        print(f"make_shards: {err}", file=sys.stderr)
+        return 2
+    skipped = 0
+    for out, prefix, entries in jobs:
+        report = make_shards(entries, out, prefix, args.max_duration_s,
+                             args.max_samples_per_shard, int(args.max_shard_bytes), args.workers)
+        print(f"{out}: {report['samples']} samples, {report['hours']:.3f} h in "
+              f"{report['shards']} shards; {len(report['skipped'])} inputs skipped "
+              f"(see {out / 'report.json'})")
+        for item in report["skipped"]:
+            print(f"  skipped {item['path']}: {item['reason']}")
+        skipped += len(report["skipped"])
+    return 1 if args.strict and skipped else 0
+
+
+def plan_jobs(args: argparse.Namespace) -> list[tuple[Path, str, list[dict]]]:
+    """[(output dir, shard prefix, entries)]: one per recipe split, else one."""
+    if args.recipe in (None, "none"):
+        if args.recipe == "none" and not args.input.is_dir():
+            raise CorpusError(f"{args.input}: --recipe none packs a directory; this is not one")
+        return [(args.out, args.prefix, read_inputs(args.input, args.supervisions))]
+    splits = prepare(args.recipe, args.input, args.out / "manifests", args.language)
+    return [(args.out / split, split, entries) for split, entries in splits.items()]
 
 
 if __name__ == "__main__":

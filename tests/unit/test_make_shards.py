@@ -118,3 +118,20 @@ def test_manifest_names_cannot_escape_output(tmp_path):
             for name in tar.getnames():
                 assert "/" not in name and ".." not in name
     assert make_shards.safe_key("../../etc/passwd", 0).count(".") == 0
+
+
+def test_report_reasons_are_reproducible(tmp_path):
+    """A text file named .wav: the reason names the file and libsndfile's message, and two
+    runs write the same report (no `<_io.BytesIO object at 0x...>`)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.wav").write_text("this is not audio\n" * 20)
+    sf.write(tmp_path / "in" / "ok.wav", tone(1.0, 16000), 16000)
+    reports = []
+    for _ in range(2):
+        make_shards.main([str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+        reports.append((tmp_path / "out" / "report.json").read_text())
+    assert reports[0] == reports[1]
+    (skip,) = json.loads(reports[0])["skipped"]
+    assert skip["path"] == "notes.wav"
+    assert "notes.wav" in skip["reason"] and "Format not recognised" in skip["reason"]
+    assert "0x" not in skip["reason"] and "BytesIO" not in skip["reason"]

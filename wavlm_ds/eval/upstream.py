@@ -64,6 +64,12 @@ class Upstream:
     @torch.inference_mode()
     def __call__(self, audio: torch.Tensor, lengths: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layers(audio, lengths)
+
+    def layers(self, audio: torch.Tensor, lengths: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """__call__ without inference mode, for callers that need autograd (s3prl's
+        Featurizer trains layer weights on these; fine-tuning trains the encoder)."""
         from wavlm_ds.ops.logmel import log_mel
         feats, frame_lengths = log_mel(audio, lengths, mode=self.logmel_mode)  # (B, T_in, 80)
         if self.encoder is None:  # the encoder front end's own stacking, without its weights
