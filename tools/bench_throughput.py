@@ -191,9 +191,10 @@ def ds_flops_profiler(engine, cfg, micro: int, seconds: float, gen: torch.Genera
 
 
 def padding_fraction(result: "E.StepResult") -> float:
-    """Share of the step's input frames (rows x padded length) that are padding."""
+    """Share of this rank's input frames (rows x padded length) that are padding."""
     padded = sum(mb.features.shape[0] * mb.features.shape[1] for mb in result.micros)
-    return 1 - result.total("frames").item() / padded
+    valid = sum(int(mb.host_frame_lengths[mb.valid].sum()) for mb in result.micros)
+    return 1 - valid / padded
 
 
 def bench_point(cfg, ds: dict, micro: int, seconds: float, args, rank: int, world: int,
