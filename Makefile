@@ -43,8 +43,11 @@ $(SYSPKG_STAMP): | $(VENV)/bin/python
 ops: setup
 	$(PY) -m wavlm_ds.prebuild_ops
 
+# Unit tests on 2 worker processes (single-threaded each), then the launcher and fault tests
+# one at a time (each already runs 2 ranks).
 test: setup ops
-	$(PY) -m pytest tests -q -ra
+	$(PY) -m pytest tests/unit -q -ra -n 2
+	$(PY) -m pytest tests/integration tests/reliability -q -ra
 
 # The fault-injection suite with its full case count (CI runs a reduced count in `make test`);
 # writes the table RELIABILITY.md quotes.

@@ -21,8 +21,10 @@ EXTRAS = {
     "eval": ["jiwer>=3.0", "praat-parselmouth>=0.4.3", "scikit-learn>=1.4"],
     "plot": ["matplotlib>=3.8"],
     "cloud": ["s3fs", "gcsfs"],  # s3:// and gs:// shards; not installed by the tests
-    # transformers: the WavLM encoder oracle; fsspec[http]: the HTTP shard-server tests
-    "test": ["pytest>=8", "pytest-timeout>=2.2", "transformers>=4.40", "fsspec[http]"],
+    # xdist: the unit tests on 2 processes; transformers: the WavLM encoder oracle;
+    # fsspec[http]: the HTTP shard-server tests
+    "test": ["pytest>=8", "pytest-timeout>=2.2", "pytest-xdist>=3", "transformers>=4.40",
+             "fsspec[http]"],
     # lhotse corpus recipes and manifests for make_shards; lhotse 1.33 imports urllib3
     # without declaring it.
     "data": ["lhotse>=1.33", "urllib3>=2"],

@@ -1,5 +1,5 @@
 """tools/compare_objectives.py end to end on a tiny synthesized corpus: k-means labels, the
-reconstruction, k-means and HuBERT iteration-2 objectives pretrained through the launcher,
+k-means and HuBERT iteration-2 objectives pretrained through the launcher,
 both probes, the table; a re-run reuses it all."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_compare_two_objectives_on_a_tiny_corpus(tmp_path):
                    capture_output=True)
     cmd = [sys.executable, str(ROOT / "tools" / "compare_objectives.py"), "--run-dir",
            str(tmp_path / "cmp"), "--corpus", str(corpus), "--steps", "3", "--k", "8",
-           "--objectives", "reconstruction,kmeans,kmeans_it2", "--epochs", "1", "--hidden", "8",
+           "--objectives", "kmeans,kmeans_it2", "--epochs", "1", "--hidden", "8",
            "--resamples", "50", "--probe-runs", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900,
                           env=launcher_env())
@@ -32,16 +32,16 @@ def test_compare_two_objectives_on_a_tiny_corpus(tmp_path):
     table = (tmp_path / "cmp" / "results.md").read_text()
     main, spread = [block.splitlines() for block in table.split("\n\n") if block.startswith("|")]
     assert [line.split(" | ")[0] for line in main[2:]] == [
-        "| reconstruction", "| kmeans", "| kmeans_it2", "| log-Mel baseline"]
+        "| kmeans", "| kmeans_it2", "| log-Mel baseline"]
     # The probe-seed table: two runs per objective, and each run ranks exactly one first.
     assert "seed 0" in spread[0] and "seed 1" in spread[0]
     cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in spread[2:]]
-    assert [row[0] for row in cells] == ["reconstruction", "kmeans", "kmeans_it2"]
+    assert [row[0] for row in cells] == ["kmeans", "kmeans_it2"]
     wins = [[int(c.split(" of ")[0]) for c in row if c.endswith(" of 2")] for row in cells]
     assert [sum(col) for col in zip(*wins)] == [2, 2]  # WER, F0
     assert "kmeans_it2: k=8 on block 2 of 4 of the kmeans export" in table
     result = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    assert set(result["runs"]) == {"reconstruction", "kmeans", "kmeans_it2"}
+    assert set(result["runs"]) == {"kmeans", "kmeans_it2"}
     it2 = json.loads((tmp_path / "cmp" / "labels_it2" / "kmeans.json").read_text())
     assert it2["features"]["layer"] == 2 and it2["features"]["source"].endswith("kmeans/export")
     assert result["iteration2_labels"]["layer"] == 2
