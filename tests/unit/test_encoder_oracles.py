@@ -98,6 +98,16 @@ def hf_encoder():
     return hf
 
 
+# Gate, norms and FFN carry the same attribute names in transformers' and torchaudio's WavLM.
+SHARED_LAYER_PARTS = (
+    lambda l: (l.attention.gru_rel_pos_linear.weight, l.attention.gru_rel_pos_linear.bias,
+               l.attention.gru_rel_pos_const),
+    lambda l: ((l.layer_norm.weight, l.layer_norm.bias),
+               (l.final_layer_norm.weight, l.final_layer_norm.bias)),
+    lambda l: ((l.feed_forward.intermediate_dense.weight, l.feed_forward.intermediate_dense.bias),
+               (l.feed_forward.output_dense.weight, l.feed_forward.output_dense.bias)))
+
+
 def hf_weights(hf) -> dict[str, torch.Tensor]:
     def qkv(layer):
         a = layer.attention
@@ -107,12 +117,7 @@ def hf_weights(hf) -> dict[str, torch.Tensor]:
 
     sd = block_weights(
         hf.layers, qkv,
-        lambda l: (l.attention.gru_rel_pos_linear.weight, l.attention.gru_rel_pos_linear.bias,
-                   l.attention.gru_rel_pos_const),
-        lambda l: ((l.layer_norm.weight, l.layer_norm.bias),
-                   (l.final_layer_norm.weight, l.final_layer_norm.bias)),
-        lambda l: ((l.feed_forward.intermediate_dense.weight, l.feed_forward.intermediate_dense.bias),
-                   (l.feed_forward.output_dense.weight, l.feed_forward.output_dense.bias)))
+        *SHARED_LAYER_PARTS)
     sd.update(pos_conv_weights(hf.pos_conv_embed.conv))
     sd.update({"rel_pos.embedding.weight": hf.layers[0].attention.rel_attn_embed.weight,
                "final_norm.weight": hf.layer_norm.weight, "final_norm.bias": hf.layer_norm.bias})
@@ -179,12 +184,7 @@ def torchaudio_weights(t) -> dict[str, torch.Tensor]:
         t.layers,
         lambda l: ((l.attention.attention.in_proj_weight, l.attention.attention.in_proj_bias),
                    (l.attention.attention.out_proj.weight, l.attention.attention.out_proj.bias)),
-        lambda l: (l.attention.gru_rel_pos_linear.weight, l.attention.gru_rel_pos_linear.bias,
-                   l.attention.gru_rel_pos_const),
-        lambda l: ((l.layer_norm.weight, l.layer_norm.bias),
-                   (l.final_layer_norm.weight, l.final_layer_norm.bias)),
-        lambda l: ((l.feed_forward.intermediate_dense.weight, l.feed_forward.intermediate_dense.bias),
-                   (l.feed_forward.output_dense.weight, l.feed_forward.output_dense.bias)))
+        *SHARED_LAYER_PARTS)
     sd.update(pos_conv_weights(t.pos_conv_embed.conv))
     sd.update({"rel_pos.embedding.weight": t.layers[0].attention.rel_attn_embed.weight,
                "final_norm.weight": t.layer_norm.weight, "final_norm.bias": t.layer_norm.bias})
