@@ -134,14 +134,15 @@ class StopFlag:
 
 def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> dict[str, float]:
     """Validation loss with fixed masks; for reconstruction, next to the zero and
-    span-interpolation baselines so that the number means something; for discrete targets,
+    span-interpolation baselines so that the number means something (and the interpolation
+    of the model's own input, see reconstruction.baseline_loss_sums); for discrete targets,
     with the accuracy on masked frames."""
     fault_point("eval", rank)
     engine.eval()
     objective = engine.module.objective
     with_baselines = cfg.objective.name == "reconstruction"
     with_accuracy = not with_baselines  # discrete targets: hits summed over masked frames
-    sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(5)]
+    sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(6)]
     with torch.no_grad():
         for i, batch in enumerate(loader):
             mb = E.prepare_micro(batch, cfg, device, step=0, micro=i, rank=rank, train=False)
@@ -152,9 +153,11 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
                 sums[4] += stats["accuracy"].double()
             sums[3] += objective.count(mb.mask).double()
             if with_baselines:
-                base = baseline_loss_sums(mb.targets, mb.mask, mb.frame_lengths, cfg.objective.loss)
+                base = baseline_loss_sums(mb.targets, mb.mask, mb.frame_lengths, cfg.objective.loss,
+                                          inputs=mb.features)
                 sums[1] += base["baseline_zero"].double()
                 sums[2] += base["baseline_interp"].double()
+                sums[5] += base["baseline_interp_input"].double()
     engine.train()
     total = E.global_sum(sums, device)
     frames = total[3].item()  # masked frames the loss averages over, all ranks
@@ -163,7 +166,8 @@ def evaluate(engine, cfg: RunConfig, loader: EvalLoader, rank: int, device) -> d
     if with_accuracy:
         result["accuracy"] = total[4].item() / n
     if with_baselines:
-        result.update(baseline_zero=total[1].item() / n, baseline_interp=total[2].item() / n)
+        result.update(baseline_zero=total[1].item() / n, baseline_interp=total[2].item() / n,
+                      baseline_interp_input=total[5].item() / n)
     return result
 
 

@@ -71,6 +71,9 @@ def print_summary(s: dict) -> None:
         v = s["valid"]
         print(f"valid loss                 {v['loss']:.4f}   baselines: predict-zero "
               f"{v['baseline_zero']:.4f}, span interpolation {v['baseline_interp']:.4f}")
+        if "baseline_interp_input" in v:
+            print(f"                           span interpolation of the model's input "
+                  f"{v['baseline_interp_input']:.4f} (no full-segment statistics)")
     print(f"throughput (2 CPU ranks)   {s['audio_s_per_s_median']:.1f} s audio/s, "
           f"{s['step_time_s_median']:.2f} s/step (median), {s['precision']['dtype']}")
     print(f"export                     {s['export']}")

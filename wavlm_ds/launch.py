@@ -18,11 +18,16 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def launcher_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def launcher_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment with `extra` applied (a None value unsets the name)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: 2 ranks on 2 cores
     # TORCH_EXTENSIONS_DIR: train.py defaults it to the venv's prebuilt cache itself.
-    env.update(extra or {})
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 
@@ -98,7 +103,8 @@ class ProgressPrinter:
         for row in (r for r in rows if r["split"] == "valid"):
             print(f"{self.tag} step {row['step']} validation loss {row['loss']:.4f} "
                   f"(predict-zero {row.get('baseline_zero', float('nan')):.4f}, span "
-                  f"interpolation {row.get('baseline_interp', float('nan')):.4f})", flush=True)
+                  f"interpolation {row.get('baseline_interp', float('nan')):.4f}; of the "
+                  f"input {row.get('baseline_interp_input', float('nan')):.4f})", flush=True)
         train = [r for r in rows if r["split"] == "train"]
         if train:
             self.report(train[-1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -19,17 +20,39 @@ from wavlm_ds.checkpoint import LATEST, safe_load, verify_checkpoint
 from wavlm_ds.launch import ROOT, launcher_env, train_command
 
 pytestmark = pytest.mark.slow
+PREBUILT = Path(sys.prefix) / "torch_extensions"  # make ops builds DeepSpeed's ops here
 
 @pytest.fixture(scope="module")
 def reference(tiny_corpus, tmp_path_factory) -> Path:
+    """The README's launcher command, run once and checked by the tests below: 9 steps with
+    TORCH_EXTENSIONS_DIR unset and a fresh HOME (so torch's default cache would be empty)."""
     run = tmp_path_factory.mktemp("reference")
     before = set(shm.SHM_DIR.glob(shm.PREFIX + "*"))
+    (run / "home").mkdir()
+    so_files = {str(p): p.stat().st_mtime_ns for p in PREBUILT.rglob("*.so")}
     code = launch(run, tiny_corpus, COMMON + ["training.max_steps=9",
-                                               "training.save_every_steps=100"], ds_config())
+                                               "training.save_every_steps=100"], ds_config(),
+                  env={"TORCH_EXTENSIONS_DIR": None, "HOME": str(run / "home")})
     assert code == 0, (run / "launch_ds_0.log").read_text()[-3000:]
     leftover = sorted(str(p) for p in set(shm.SHM_DIR.glob(shm.PREFIX + "*")) - before)
     (run / "shm_leftover.json").write_text(json.dumps(leftover))
+    (run / "prebuilt_before.json").write_text(json.dumps(so_files))
     return run
+
+
+def test_prebuilt_ops_without_torch_extensions_dir(reference):
+    """train.py points TORCH_EXTENSIONS_DIR at the venv's prebuilt cache: nothing is
+    compiled, nothing lands in ~/.cache. (model.compile through the engine is stepped by
+    tools/gpu_check.sh --dry-run, tests/integration/test_gpu_check.py.)"""
+    before = json.loads((reference / "prebuilt_before.json").read_text())
+    assert before and {str(p): p.stat().st_mtime_ns for p in PREBUILT.rglob("*.so")} == before
+    log = (reference / "launch_ds_0.log").read_text()
+    for marker in ("Building extension module", "Emitting ninja build file"):
+        assert marker not in log
+    assert not (reference / "home" / ".cache" / "torch_extensions").exists()
+    summary = json.loads((reference / "summary.json").read_text())["implementations"]
+    assert summary["compile"] is False and summary["attention_impl"] == "blocked"
+    assert log.count("attention blocked, log-Mel torch, compile False") == 2  # each rank
 
 
 def test_ranks_release_their_shm_buffers(reference):
@@ -65,7 +88,15 @@ def test_lr_follows_deepspeed_warmup_cosine(reference):
 def test_resume_at_odd_step_is_bitwise(reference, tiny_corpus, tmp_path):
     assert launch(tmp_path, tiny_corpus, COMMON + ["training.max_steps=5"], ds_config()) == 0
     assert (tmp_path / "checkpoints" / LATEST).read_text() == "step00000005"
+    manifest = json.loads((tmp_path / "checkpoints" / "step00000005" / "manifest.json").read_text())
+    size = sum(e["bytes"] for e in manifest["files"])
     assert launch(tmp_path, tiny_corpus, COMMON + ["training.max_steps=9"], ds_config()) == 0
+    # One verifier: rank 0 alone hashes the checkpoint, once, and broadcasts the verdict.
+    log = (tmp_path / "launch_ds_1.log").read_text()
+    hashed = {int(r): int(n) for r, n in re.findall(r"resumed from \S+step00000005: rank (\d) "
+                                                     r"hashed (\d+) bytes", log)}
+    assert sorted(hashed) == [0, 1], log[-3000:]
+    assert hashed[1] == 0 and size <= hashed[0] <= 1.1 * size, (hashed, size)
     ref = {r["step"]: r["loss"] for r in metrics(reference)}
     resumed = {r["step"]: r["loss"] for r in metrics(tmp_path)}
     assert sorted(resumed) == list(range(1, 10))
@@ -93,6 +124,7 @@ def test_validation_loss_ends_below_both_baselines(tiny_corpus, tmp_path):
     assert [r["step"] for r in valid] == [40]
     final = valid[-1]
     assert final["loss"] < final["baseline_interp"] < final["baseline_zero"], final
+    assert math.isfinite(final["baseline_interp_input"]) and final["baseline_interp_input"] > 0
     train = [r["loss"] for r in metrics(tmp_path)]
     assert sum(train[-5:]) < 0.85 * sum(train[:5])
 

@@ -47,6 +47,20 @@ def test_reconstruction_loss_counts_only_masked_frames():
     assert torch.isfinite(loss) and loss > 0
     base = baseline_loss_sums(feats, mask, lengths, "l1")
     assert base["baseline_zero"] > 0 and base["baseline_interp"] > 0
+    assert "baseline_interp_input" not in base
+
+
+def test_input_interpolation_reads_the_input_and_scores_against_the_targets():
+    feats, lengths, mask = batch()
+    same = baseline_loss_sums(feats, mask, lengths, "l1", inputs=feats)
+    assert torch.equal(same["baseline_interp_input"], same["baseline_interp"])
+    # An input normalized differently (its mean shifted) interpolates to shifted values,
+    # scored against the unshifted targets.
+    shifted = baseline_loss_sums(feats, mask, lengths, "l1", inputs=feats + 0.5)
+    interp = interpolation_prediction(feats, mask, lengths)
+    want = ((interp + 0.5 - feats).abs().mean(-1) * mask).sum()
+    assert torch.allclose(shifted["baseline_interp_input"], want)
+    assert shifted["baseline_interp_input"] > same["baseline_interp"]
 
 
 def test_best_rq_targets_are_seeded_and_saved():

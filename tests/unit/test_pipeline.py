@@ -31,6 +31,11 @@ def keys_of(loader: TrainLoader, n: int) -> list[str]:
     return [k for _ in range(n) for k in next(it)["keys"]]
 
 
+def keys_of_batches(loader: TrainLoader, n: int) -> list[list[str]]:
+    it = iter(loader)
+    return [next(it)["keys"] for _ in range(n)]
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return write_shards(tmp_path_factory.mktemp("c"), "t", num_shards=12, per_shard=10, seed=3,
@@ -53,6 +58,34 @@ def test_exactly_once_resume_at_odd_count(corpus):
         tail = keys_of(resumed, per_epoch - stop)
         assert head + tail == reference
         assert len(set(k for k in reference if k)) == len([k for k in reference if k])
+
+
+def test_one_set_of_workers_across_epochs_in_the_per_epoch_order(corpus, monkeypatch):
+    """The stream runs epoch after epoch from one DataLoader (workers are forked once), in
+    the order a loader started fresh at each epoch gives; a resume inside an epoch keeps
+    that order across the next boundary, and the state rolls over to (epoch + 1, 0)."""
+    import wavlm_ds.data.loader as loader_module
+    made = []
+    real = loader_module.DataLoader
+    monkeypatch.setattr(loader_module, "DataLoader", lambda *a, **k: made.append(1) or real(*a, **k))
+    cfg = data_cfg(corpus)
+    full = TrainLoader(cfg, 3, 1, 2, seed=5)
+    per_epoch = full.batches_per_epoch
+    it = iter(full)
+    stream = [next(it) for _ in range(2 * per_epoch + 3)]
+    assert len(made) == 1
+    assert [b["epoch"] for b in stream] == [0] * per_epoch + [1] * per_epoch + [2] * 3
+    assert full.state_dict() == {"epoch": 2, "batches_consumed": 3}
+    keys = [b["keys"] for b in stream]
+    for epoch in (1, 2):
+        fresh = TrainLoader(cfg, 3, 1, 2, seed=5)
+        fresh.load_state_dict({"epoch": epoch, "batches_consumed": 0})
+        n = per_epoch if epoch == 1 else 3
+        assert keys_of_batches(fresh, n) == keys[epoch * per_epoch:epoch * per_epoch + n]
+    resumed = TrainLoader(cfg, 3, 1, 2, seed=5)
+    resumed.load_state_dict({"epoch": 0, "batches_consumed": 5})
+    assert keys_of_batches(resumed, 2 * per_epoch - 5) == keys[5:2 * per_epoch]
+    assert resumed.state_dict() == {"epoch": 2, "batches_consumed": 0}
 
 
 def test_ranks_cover_the_epoch_once(corpus):

@@ -86,7 +86,14 @@ def _cut(pool: list[Sample], batch_size: int, rng: random.Random) -> list[list[S
 
 
 class _SlotStream(IterableDataset):
-    """Runs inside each DataLoader worker: the batches of one (rank, role) slot."""
+    """Runs inside each DataLoader worker: the batches of one (rank, role) slot, epoch after
+    epoch from `epoch` on (one DataLoader and one set of workers for the whole run).
+
+    The DataLoader hands out batch n from worker n % W. Resuming at `consumed` batches into
+    an epoch, worker w takes role (w + consumed) % W and skips the batches of that role
+    already handed out; since every slot of an epoch yields exactly K batches, each worker
+    keeps its role in the epochs that follow (skipping nothing), and the order is the one a
+    fresh DataLoader per epoch would give."""
 
     def __init__(self, loader: "TrainLoader", epoch: int, consumed: int) -> None:
         self.loader, self.epoch, self.consumed = loader, epoch, consumed
@@ -94,14 +101,20 @@ class _SlotStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, W = (info.id, info.num_workers) if info else (0, 1)
-        role = (worker + self.consumed) % W  # DataLoader restarts at worker 0: rotate roles
+        role = (worker + self.consumed) % W  # the DataLoader starts at worker 0: rotate roles
         skip = max(0, (self.consumed - role + W - 1) // W)
+        epoch = self.epoch
+        while True:
+            yield from self._epoch(epoch, role, skip)
+            epoch, skip = epoch + 1, 0
+
+    def _epoch(self, epoch: int, role: int, skip: int) -> Iterator[dict]:
         L = self.loader
-        slot = L.slot(self.epoch, role)
+        slot = L.slot(epoch, role)
         stats: Counter = Counter()
-        rng = random.Random(hash_seed(L.seed, self.epoch, L.rank, role, "order"))
+        rng = random.Random(hash_seed(L.seed, epoch, L.rank, role, "order"))
         replay = Replay(skip > 0)
-        samples = L.samples(slot, rng, ShardReader(L, stats, replay), self.epoch, role)
+        samples = L.samples(slot, rng, ShardReader(L, stats, replay), epoch, role)
         batches = bucket_batches(shuffle_buffer(samples, L.cfg.shuffle_buffer, rng),
                                  L.batch_size, L.cfg.bucket_batches, rng)
         for i in range(slot.num_batches):
@@ -113,8 +126,8 @@ class _SlotStream(IterableDataset):
             if i == slot.num_batches - 1 and not L.cfg.resampled:  # count what the epoch
                 stats["dropped_by_balancing"] += sum(len(b) for b in batches)  # leaves unread
             stats["filled_invalid"] += sum(m is None for m in meta)
-            wavs = [decode_crop(m, L.cfg, L.seed, self.epoch, stats) if m else None for m in meta]
-            batch = collate(wavs, [m.key if m else "" for m in meta], self.epoch)
+            wavs = [decode_crop(m, L.cfg, L.seed, epoch, stats) if m else None for m in meta]
+            batch = collate(wavs, [m.key if m else "" for m in meta], epoch)
             stats["padded_samples"] += batch["audio"].numel()
             stats["audio_samples"] += int(batch["lengths"][batch["valid"]].sum())
             batch["stats"] = dict(stats)
@@ -232,23 +245,32 @@ class TrainLoader:
         return out
 
     def __iter__(self) -> Iterator[dict]:
-        while True:
-            stream = _SlotStream(self, self.epoch, self.consumed)
-            workers = self.cfg.num_workers
-            # Own generator: DataLoader draws a base seed when iterated, and drawing it from
-            # the global RNG would shift the trainer's dropout stream (breaking exact resume).
-            dl = DataLoader(stream, batch_size=None, num_workers=workers,
-                            generator=torch.Generator().manual_seed(hash_seed(self.seed, self.epoch)),
-                            worker_init_fn=_worker_init if workers else None,
-                            prefetch_factor=2 if workers else None,
-                            multiprocessing_context="fork" if workers else None,
-                            # page-locked batches: the step's host-to-device copies are async
-                            pin_memory=torch.cuda.is_available())
-            for batch in dl:
-                self.consumed += 1
-                self.totals.update(batch.pop("stats"))
-                yield batch
-            self.epoch, self.consumed = self.epoch + 1, 0
+        """Batches forever, epoch after epoch, from one DataLoader: forking workers per
+        epoch would copy the trainer's address space each time (seconds per fork) and
+        drain the prefetch queue at every epoch boundary."""
+        stream = _SlotStream(self, self.epoch, self.consumed)
+        workers = self.cfg.num_workers
+        # Own generator: DataLoader draws a base seed when iterated, and drawing it from
+        # the global RNG would shift the trainer's dropout stream (breaking exact resume).
+        # Nothing in the workers draws from torch's or Python's global RNGs.
+        dl = DataLoader(stream, batch_size=None, num_workers=workers,
+                        generator=torch.Generator().manual_seed(hash_seed(self.seed, self.epoch)),
+                        worker_init_fn=_worker_init if workers else None,
+                        prefetch_factor=2 if workers else None,
+                        multiprocessing_context="fork" if workers else None,
+                        # page-locked batches: the step's host-to-device copies are async
+                        pin_memory=torch.cuda.is_available())
+        per_epoch = self.batches_per_epoch
+        for batch in dl:
+            if batch["epoch"] != self.epoch:
+                raise RuntimeError(f"loader out of step: batch of epoch {batch['epoch']} while "
+                                   f"the state is epoch {self.epoch}, batch {self.consumed}")
+            self.consumed += 1
+            if self.consumed == per_epoch:
+                self.epoch, self.consumed = self.epoch + 1, 0
+                per_epoch = self.batches_per_epoch
+            self.totals.update(batch.pop("stats"))
+            yield batch
 
 
 class DataSourceError(RuntimeError):

@@ -74,9 +74,21 @@ def interpolation_prediction(targets: torch.Tensor, mask: torch.Tensor,
 
 
 def baseline_loss_sums(targets: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor,
-                       loss: str) -> dict[str, torch.Tensor]:
-    """Summed masked losses of the two trivial predictors: zero and span interpolation."""
+                       loss: str, inputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Summed masked losses of the trivial predictors: zero and span interpolation of the
+    targets' visible frames, and (given the model's `inputs`) span interpolation of what the
+    model sees.
+
+    The first two read the targets, normalized over the whole segment: their visible frames
+    carry the masked frames' share of the per-bin mean and variance, which the model's input
+    (normalized over the visible frames only) does not. `baseline_interp_input` interpolates
+    the input's visible frames instead: the same predictor restricted to what the model can
+    know, a diagnostic next to the two baselines, never a replacement."""
     maskf = mask.to(targets.dtype)
     zero = frame_error(torch.zeros_like(targets), targets, loss)
     interp = frame_error(interpolation_prediction(targets, mask, lengths), targets, loss)
-    return {"baseline_zero": (zero * maskf).sum(), "baseline_interp": (interp * maskf).sum()}
+    out = {"baseline_zero": (zero * maskf).sum(), "baseline_interp": (interp * maskf).sum()}
+    if inputs is not None:
+        seen = frame_error(interpolation_prediction(inputs, mask, lengths), targets, loss)
+        out["baseline_interp_input"] = (seen * maskf).sum()
+    return out
