@@ -47,7 +47,7 @@ ops: setup
 # one at a time (each already runs 2 ranks).
 test: setup ops
 	$(PY) -m pytest tests/unit -q -ra -n 2
-	$(PY) -m pytest tests/integration tests/reliability -q -ra
+	$(PY) -m pytest tests/integration tests/reliability -q -ra --durations=15
 
 # The fault-injection suite with its full case count (CI runs a reduced count in `make test`);
 # writes the table RELIABILITY.md quotes.

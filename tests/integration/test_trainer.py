@@ -72,8 +72,9 @@ def test_first_run_logs_no_false_alarms(reference):
 
 def test_lr_follows_deepspeed_warmup_cosine(reference):
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
-    params = ds_config()["scheduler"]["params"]
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
+    ds = ds_config()
+    params = ds["scheduler"]["params"]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=ds["optimizer"]["params"]["lr"])
     sched = WarmupCosineLR(opt, **params)
     expected = []
     for _ in range(9):
