@@ -104,6 +104,19 @@ def test_dispatch_and_dropout_policy():
     assert torch.isfinite(out).all()
 
 
+def test_blocked_runs_the_explicit_math_below_its_size_threshold(monkeypatch):
+    import wavlm_ds.ops.attention as attention
+    calls = []
+    monkeypatch.setattr(attention, "blocked_attention", lambda *a: calls.append(a) or a[0])
+    tensors, pad = inputs(T=40, lengths=(40, 30))
+    B, H, T = tensors[0].shape[:3]
+    small = gated_bias_attention(*tensors, pad, impl="blocked")
+    assert calls == [] and torch.equal(small, attention_reference(*tensors, pad))
+    monkeypatch.setattr(attention, "BLOCKED_MIN_SCORES", B * H * T * T - 1)
+    gated_bias_attention(*tensors, pad, impl="blocked")
+    assert len(calls) == 1  # one score over the threshold: the block loop
+
+
 @pytest.fixture
 def fake_cuda(monkeypatch, tmp_path):
     """A CUDA device as the gate sees it (name lookup patched), a fresh record path and
