@@ -173,6 +173,29 @@ def bench_attention(threads: int) -> dict:
     return {"shape": "B=4 H=16 T=800 Dh=64, fwd+bwd", "variants": out}
 
 
+def bench_attention_small(repeats: int) -> dict:
+    """The demo's sizes (B=4, H=4, head dim 24, one padded row), forward + backward,
+    interleaved: the block loop vs the explicit-bias math that `blocked` switches to at or
+    below ops.attention.BLOCKED_MIN_SCORES."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for T in (150, 300):
+        tensors = [torch.randn(4, 4, T, 24, generator=g).requires_grad_() for _ in range(3)]
+        tensors += [torch.rand(4, 4, T, generator=g).requires_grad_(),
+                    torch.randn(4, 2 * T - 1, generator=g).requires_grad_()]
+        pad = torch.arange(T)[None] >= torch.tensor([T, T // 2, T, T])[:, None]
+        fns = {"blocked loop (block 64)": lambda: blocked_attention(*tensors, pad, block=64),
+               "explicit bias": lambda: attention_reference(*tensors, pad)}
+        times = {k: [] for k in fns}
+        for _ in range(repeats + 1):  # the first round warms up
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn().sum().backward()
+                times[name].append(time.perf_counter() - t0)
+        out[f"T={T}"] = {k: statistics.median(v[1:]) for k, v in times.items()}
+    return {"shape": "B=4 H=4 Dh=24, fwd+bwd, interleaved", "median_s": out}
+
+
 def cuda_time(fn: Callable, repeats: int, warmup: int = 3) -> float:
     """Median seconds of fn() on the GPU (CUDA events, synchronized per call)."""
     times = []
@@ -285,6 +308,13 @@ def main(argv: list[str]) -> int:
         print(f"time ratio blocked/reference = {blk['median_s'] / ref['median_s']:.2f}, memory "
               f"ratio (live tensors) = {blk['peak_live_mib'] / ref['peak_live_mib']:.3f}, "
               f"(RSS) = {blk['peak_extra_mb'] / max(ref['peak_extra_mb'], 1e-9):.3f}")
+    if "attention_small" in only:
+        result["attention_small"] = r = bench_attention_small(args.repeats)
+        print(f"\nattention at the demo's sizes, {r['shape']}\n| T | blocked loop s | "
+              "explicit bias s | ratio |\n|---|---|---|---|")
+        for T, x in r["median_s"].items():
+            loop, explicit = x["blocked loop (block 64)"], x["explicit bias"]
+            print(f"| {T} | {loop:.4f} | {explicit:.4f} | {loop / explicit:.2f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

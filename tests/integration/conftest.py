@@ -13,6 +13,7 @@ import pytest
 from wavlm_ds.data.audio import encode_flac
 from wavlm_ds.data.index import ShardInfo, write_index
 from wavlm_ds.launch import ROOT, run_training, train_command
+from wavlm_ds.precision import apply_precision, choose_cpu_precision
 
 SR = 16000
 
@@ -22,12 +23,21 @@ COMMON = ["model.dropout=0.1", "model.layerdrop=0.2", "data.mix_prob=0.5",
           "data.num_workers=2", "training.eval_every_steps=1000", "data.max_duration_s=3.0"]
 
 
-def ds_config(stage: int = 2, **changes) -> dict:
+def ds_config(stage: int = 2, precision: str = "bf16", **changes) -> dict:
+    """ds_configs/cpu_smoke.json at test size. precision "bf16" (the recipe's: the tests of
+    bf16 semantics, test_trainer's shared reference runs) or "native": what this CPU
+    computes natively (wavlm_ds.precision, as `make demo` picks), for the launcher and fault
+    tests whose subject is not the number format; on a CPU without native bf16 (AVX2 only)
+    each of their steps would otherwise spend seconds in emulated bf16 matmuls."""
     ds = json.loads((ROOT / "ds_configs" / "cpu_smoke.json").read_text())
+    if precision == "native":
+        ds = apply_precision(ds, choose_cpu_precision("auto"))
+    elif precision != "bf16":
+        raise ValueError(f"precision={precision!r}: use bf16 or native")
     ds.update(train_batch_size=16, train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=4)
     ds["zero_optimization"]["stage"] = stage
     if stage == 0:  # DeepSpeed 0.19.8 has no bf16 + fp32-accumulation mode without ZeRO
-        ds.pop("data_types")
+        ds.pop("data_types", None)
     ds["scheduler"]["params"].update(total_num_steps=40, warmup_num_steps=4)
     ds.update(changes)
     return ds
@@ -98,6 +108,14 @@ def launch(run_dir: Path, corpus: dict[str, Path], overrides: list[str], ds_conf
     cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, run_dir, base + overrides, resume)
     log = run_dir / f"launch_{ds_path.stem}.log"
     return run_training(cmd, log, env=env, timeout_s=900)
+
+
+def optimizer_state_files(checkpoint: Path) -> list[str]:
+    """The per-rank ZeRO optimizer state files of a checkpoint directory (DeepSpeed prefixes
+    them with bf16_ in bf16 runs), rank order."""
+    names = sorted(p.name for p in checkpoint.glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt"))
+    assert names, f"no ZeRO optimizer state in {checkpoint}"
+    return names
 
 
 def metrics(run_dir: Path, split: str = "train") -> list[dict]:

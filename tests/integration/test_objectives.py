@@ -43,7 +43,7 @@ OBJECTIVES = {
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_loss_falls(name, tiny_corpus, labels, tmp_path):
     extra = [f"data.label_sidecar_dir={labels}"] if name == "kmeans" else []
-    ds = ds_config()
+    ds = ds_config(precision="native")
     ds["scheduler"]["params"].update(total_num_steps=24, warmup_num_steps=2)
     code = launch(tmp_path, tiny_corpus, COMMON + OBJECTIVES[name] + extra + [
         "training.max_steps=24", "training.save_every_steps=1000"], ds)
@@ -58,7 +58,7 @@ def test_loss_falls(name, tiny_corpus, labels, tmp_path):
 
 
 def test_best_rq_quantizer_same_on_all_ranks_and_after_resume(tiny_corpus, tmp_path):
-    ds = ds_config()
+    ds = ds_config(precision="native")
     run = COMMON + OBJECTIVES["best_rq"] + ["training.save_every_steps=1000"]
     assert launch(tmp_path, tiny_corpus, run + ["training.max_steps=3"], ds) == 0
     # Resume under another seed: a re-drawn quantizer would differ; the checkpoint's must win.

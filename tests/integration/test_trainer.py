@@ -117,7 +117,7 @@ def test_zero0_and_zero2_agree(reference, tiny_corpus, tmp_path):
 def test_validation_loss_ends_below_both_baselines(tiny_corpus, tmp_path):
     """40 steps of the recipe (dropout, layerdrop, mixing on) on the tiny corpus: the
     held-out loss with fixed masks beats predicting zero and interpolating each span."""
-    ds = ds_config()
+    ds = ds_config(precision="native")
     ds["scheduler"]["params"].update(total_num_steps=40, warmup_num_steps=4)
     assert launch(tmp_path, tiny_corpus, COMMON + ["training.max_steps=40",
                                                    "training.save_every_steps=1000"], ds) == 0

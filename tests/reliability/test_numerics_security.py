@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.integration.conftest import optimizer_state_files
 from tests.integration.test_trainer import assert_tensors_equal
 from tests.reliability.conftest import FULL, launch, metrics
 from wavlm_ds.checkpoint import MANIFEST, CheckpointError, safe_load
@@ -54,8 +55,7 @@ def test_nonfinite_steps_are_skipped_everywhere(case, corpus, tmp_path, record):
     root = tmp_path / "checkpoints"
     for step in poisoned:  # parameters and optimizer state bitwise unchanged by the step
         before, after = root / f"step{step - 1:08d}", root / f"step{step:08d}"
-        for name in ("mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                     "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"):
+        for name in ["mp_rank_00_model_states.pt"] + optimizer_state_files(before):
             assert_tensors_equal(safe_load(before / name), safe_load(after / name),
                                  ignore={"global_steps", "skipped_steps", "global_samples",
                                          "lr_scheduler", "step", "iteration", "client_state"})
@@ -89,7 +89,7 @@ def test_malicious_files_are_refused(reference, tmp_path, record):
     which goes through DeepSpeed's zero_to_fp32 loader; shard members are never unpickled."""
     PWNED.unlink(missing_ok=True)
     src = reference / "checkpoints" / "step00000012"
-    names = ("mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    names = ("mp_rank_00_model_states.pt", optimizer_state_files(src)[0],
              "trainer_state_rank00000.pt")
     for name in names:
         ckpt = tmp_path / name / "checkpoints" / src.name

@@ -22,7 +22,6 @@ frame: the output must change. Channels a masked sample could take, and how each
 """
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -32,7 +31,7 @@ from wavlm_ds.config import (DataConfig, MaskingConfig, ModelConfig, ObjectiveCo
                              RunConfig)
 from wavlm_ds.data.augment import mix_utterances
 from wavlm_ds.model.frontend import encoder_lengths
-from wavlm_ds.ops.logmel import HOP, log_mel, normalize_per_segment, window_samples
+from wavlm_ds.ops.logmel import HOP, normalize_per_segment, window_samples
 
 ROW = 1  # the row whose masked audio is changed
 LENGTHS = [24000, 20800, 17123]  # 1.5 s, 1.3 s, an odd length: padding on two rows
