@@ -306,13 +306,19 @@ def measure_activations(cfg: RunConfig, micro: int, num_input_frames: int,
     objective) at (micro, num_input_frames), parameters in `dtype` and their gradients
     allocated beforehand (DeepSpeed owns those); returns the live tensor bytes after forward
     (what was saved) and their peak over forward + backward (every tensor created by an
-    operator counted once per storage until it is freed, as CUDA's memory_allocated does)."""
+    operator counted once per storage until it is freed, as CUDA's memory_allocated does).
+
+    On CPU the blocked kernel runs at every size here, as `activation_bytes` models it: the
+    trainer's `blocked` switches to the explicit-bias math at or below
+    ops.attention.BLOCKED_MIN_SCORES scores per call (at most 16 MiB of fp32 scores per
+    layer), where memory is not the constraint."""
     import dataclasses
 
     import torch
 
     from wavlm_ds.engine import build_model
     from wavlm_ds.memory import LiveBytes
+    from wavlm_ds.ops.attention import blocked_at_every_size
 
     torch.manual_seed(seed)
     run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, layerdrop=0.0))
@@ -328,7 +334,7 @@ def measure_activations(cfg: RunConfig, micro: int, num_input_frames: int,
     existing = [features, targets, lengths, mask, *model.parameters(), *model.buffers(),
                 *(p.grad for p in model.parameters() if p.grad is not None)]
     mode = LiveBytes(existing)
-    with mode:
+    with mode, blocked_at_every_size():
         loss, _ = model(features, targets, lengths, mask)
         after_forward = mode.live
         loss.backward()

@@ -19,6 +19,9 @@ once the self-test proved it on that GPU model). `choose_impl` says which runs w
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +37,17 @@ from wavlm_ds.ops.gpu_gate import cuda_fast_path_enabled
 # backward recompute cost time. At the demo's B=4, H=4, head dim 24, forward + backward on 1
 # thread of an AMD EPYC (AVX2): T=150 35 ms blocked vs 29 ms explicit, T=300 107 vs 76 ms.
 BLOCKED_MIN_SCORES = 1 << 22
+
+
+@contextlib.contextmanager
+def blocked_at_every_size() -> Iterator[None]:
+    """Within: `blocked` runs its block loop at every size (memory measurements of it)."""
+    global BLOCKED_MIN_SCORES
+    saved, BLOCKED_MIN_SCORES = BLOCKED_MIN_SCORES, 0
+    try:
+        yield
+    finally:
+        BLOCKED_MIN_SCORES = saved
 
 
 def expand_bias(gate: torch.Tensor, rel_bias: torch.Tensor) -> torch.Tensor:
