@@ -34,8 +34,8 @@ from wavlm_ds.ops.gpu_gate import cuda_fast_path_enabled
 
 # `blocked` at or below this many scores per call (B * H * T^2; 16 MiB in fp32) runs the
 # explicit-bias math instead: the memory it saves is small there, and its block loop and
-# backward recompute cost time. At the demo's B=4, H=4, head dim 24, forward + backward on 1
-# thread of an AMD EPYC (AVX2): T=150 35 ms blocked vs 29 ms explicit, T=300 107 vs 76 ms.
+# backward recompute cost time: the loop is 1.18x (T=150) and 1.19x (T=300) slower at the
+# demo's B=4, H=4, head dim 24 (`tools/bench_ops.py --only attention_small`, BENCHMARKS.md).
 BLOCKED_MIN_SCORES = 1 << 22
 
 
