@@ -55,7 +55,9 @@ def test_nonfinite_steps_are_skipped_everywhere(case, corpus, tmp_path, record):
     root = tmp_path / "checkpoints"
     for step in poisoned:  # parameters and optimizer state bitwise unchanged by the step
         before, after = root / f"step{step - 1:08d}", root / f"step{step:08d}"
-        for name in ["mp_rank_00_model_states.pt"] + optimizer_state_files(before):
+        optimizer = optimizer_state_files(before)
+        assert len(optimizer) == 2  # one ZeRO partition per rank
+        for name in ["mp_rank_00_model_states.pt"] + optimizer:
             assert_tensors_equal(safe_load(before / name), safe_load(after / name),
                                  ignore={"global_steps", "skipped_steps", "global_samples",
                                          "lr_scheduler", "step", "iteration", "client_state"})
