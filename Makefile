@@ -44,10 +44,12 @@ ops: setup
 	$(PY) -m wavlm_ds.prebuild_ops
 
 # Unit tests on 2 worker processes (single-threaded each), then the launcher and fault tests
-# one at a time (each already runs 2 ranks).
+# on 2 workers as well, a test file per worker (its shared reference run stays with it):
+# each launch runs 2 ranks, but a launcher test spends much of its time with a core idle
+# (launcher start-up, signal grace, rank teardown), so two at a time finish sooner.
 test: setup ops
 	$(PY) -m pytest tests/unit -q -ra -n 2
-	$(PY) -m pytest tests/integration tests/reliability -q -ra --durations=15
+	$(PY) -m pytest tests/integration tests/reliability -q -ra -n 2 --dist loadfile --durations=15
 
 # The fault-injection suite with its full case count (CI runs a reduced count in `make test`);
 # writes the table RELIABILITY.md quotes.

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import torch
 from tests.integration.conftest import (COMMON, corpus_overrides, ds_config, launch, metrics,
                                         optimizer_state_files)
 from wavlm_ds import shm
-from wavlm_ds.checkpoint import LATEST, safe_load, verify_checkpoint
+from wavlm_ds.checkpoint import LATEST, safe_load
 from wavlm_ds.launch import ROOT, launcher_env, train_command
 
 pytestmark = pytest.mark.slow
@@ -34,8 +32,12 @@ def reference(tiny_corpus, tmp_path_factory) -> Path:
     code = launch(run, tiny_corpus, COMMON + ["training.max_steps=9",
                                                "training.save_every_steps=100"], ds_config(),
                   env={"TORCH_EXTENSIONS_DIR": None, "HOME": str(run / "home")})
-    assert code == 0, (run / "launch_ds_0.log").read_text()[-3000:]
-    leftover = sorted(str(p) for p in set(shm.SHM_DIR.glob(shm.PREFIX + "*")) - before)
+    log = (run / "launch_ds_0.log").read_text()
+    assert code == 0, log[-3000:]
+    # this run's buffers only: `make test` runs another launcher test beside this one
+    port = re.search(r"--master_port=(\d+)", log).group(1)
+    leftover = sorted(str(p) for p in set(shm.SHM_DIR.glob(shm.PREFIX + "*")) - before
+                      if f"_{port}_" in p.name)
     (run / "shm_leftover.json").write_text(json.dumps(leftover))
     (run / "prebuilt_before.json").write_text(json.dumps(so_files))
     return run
@@ -158,47 +160,6 @@ def assert_tensors_equal(a, b, ignore: set[str], path: str = "") -> None:
     elif isinstance(a, (list, tuple)):
         for i, (x, y) in enumerate(zip(a, b)):
             assert_tensors_equal(x, y, ignore, f"{path}[{i}]")
-
-
-def test_sigterm_to_launcher_leaves_loadable_checkpoint(tiny_corpus, tmp_path):
-    ds_path = tmp_path / "ds.json"
-    ds_path.write_text(json.dumps(ds_config()))
-    cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, tmp_path,
-                        corpus_overrides(tiny_corpus) + ["training.max_steps=1000",
-                                                         "training.save_every_steps=1000", *COMMON])
-    with open(tmp_path / "launch.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env=launcher_env())
-        deadline = time.time() + 300
-        while time.time() < deadline and not _reached_step(tmp_path, 2):
-            assert proc.poll() is None, (tmp_path / "launch.log").read_text()[-3000:]
-            time.sleep(0.5)
-        launcher = _node_launcher(proc.pid)
-        launcher.send_signal(signal.SIGTERM)  # it signals every rank (and worker), kills after 30 s
-        proc.wait(timeout=120)
-    tag = (tmp_path / "checkpoints" / LATEST).read_text()
-    assert verify_checkpoint(tmp_path / "checkpoints" / tag) is None
-    last = max(r["step"] for r in metrics(tmp_path))
-    assert tag == f"step{last:08d}"  # saved at the step boundary after the signal
-    log_text = (tmp_path / "launch.log").read_text()
-    assert log_text.count(f"stop signal: checkpoint saved at step {last}, exiting") == 2  # both ranks
-
-
-def _node_launcher(runner_pid: int):
-    """The per-node `deepspeed.launcher.launch` process that the runner started."""
-    import psutil
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        for child in psutil.Process(runner_pid).children(recursive=True):
-            if "deepspeed.launcher.launch" in " ".join(child.cmdline()):
-                return child
-        time.sleep(0.2)
-    raise AssertionError("no deepspeed.launcher.launch process found")
-
-
-def _reached_step(run_dir: Path, step: int) -> bool:
-    path = run_dir / "metrics.jsonl"
-    return path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines())
 
 
 def test_export_matches_engine_module(reference, tmp_path):

@@ -79,6 +79,9 @@ def test_sigterm_to_launcher(point, corpus, reference, tmp_path, record):
     assert verify_checkpoint(tmp_path / "checkpoints" / tag) is None
     stopped = int(tag[4:])
     assert stopped == max(losses(tmp_path)), "saved at the step boundary after the signal"
+    said = (tmp_path / "launch_0.log").read_text()
+    assert said.count(f"stop signal: checkpoint saved at step {stopped}, exiting") == 2, \
+        "both ranks say where they stopped"
     assert launch(tmp_path, corpus, base) == 0
     assert losses(tmp_path) == {s: v for s, v in losses(reference).items() if s <= 6}
     ref_keys = step_keys(reference)
