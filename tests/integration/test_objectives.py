@@ -40,32 +40,53 @@ OBJECTIVES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
-def test_loss_falls(name, tiny_corpus, labels, tmp_path):
-    extra = [f"data.label_sidecar_dir={labels}"] if name == "kmeans" else []
+STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, labels, tmp_path_factory):
+    """name -> the directory of that objective's 24-step run, launched once on first use
+    (the BEST-RQ run is also the first half of the quantizer's resume test)."""
+    runs: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in runs:
+            run = tmp_path_factory.mktemp(name)
+            extra = [f"data.label_sidecar_dir={labels}"] if name == "kmeans" else []
+            code = launch(run, tiny_corpus, COMMON + OBJECTIVES[name] + extra + [
+                f"training.max_steps={STEPS}", "training.save_every_steps=1000"], _ds())
+            assert code == 0, (run / "launch_ds_0.log").read_text()[-3000:]
+            runs[name] = run
+        return runs[name]
+    return get
+
+
+def _ds() -> dict:
     ds = ds_config(precision="native")
-    ds["scheduler"]["params"].update(total_num_steps=24, warmup_num_steps=2)
-    code = launch(tmp_path, tiny_corpus, COMMON + OBJECTIVES[name] + extra + [
-        "training.max_steps=24", "training.save_every_steps=1000"], ds)
-    assert code == 0, (tmp_path / "launch_ds_0.log").read_text()[-3000:]
-    first, last = falls(tmp_path)
+    ds["scheduler"]["params"].update(total_num_steps=STEPS + 2, warmup_num_steps=2)
+    return ds
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_loss_falls(name, trained):
+    run = trained(name)
+    first, last = falls(run)
     assert last < 0.85 * first, (first, last)
-    rows = metrics(tmp_path)
+    rows = metrics(run)
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
     if name == "kmeans":  # every sample had labels: none skipped for a label mismatch
-        log = (tmp_path / "launch_ds_0.log").read_text()
+        log = (run / "launch_ds_0.log").read_text()
         assert "labels, but its" not in log
 
 
-def test_best_rq_quantizer_same_on_all_ranks_and_after_resume(tiny_corpus, tmp_path):
-    ds = ds_config(precision="native")
-    run = COMMON + OBJECTIVES["best_rq"] + ["training.save_every_steps=1000"]
-    assert launch(tmp_path, tiny_corpus, run + ["training.max_steps=3"], ds) == 0
+def test_best_rq_quantizer_same_on_all_ranks_and_after_resume(tiny_corpus, trained):
+    run = trained("best_rq")  # saved at its last step
     # Resume under another seed: a re-drawn quantizer would differ; the checkpoint's must win.
-    assert launch(tmp_path, tiny_corpus, run + ["training.max_steps=5", "training.seed=7"],
-                  ds) == 0
-    first = FINGERPRINT.findall((tmp_path / "launch_ds_0.log").read_text())
-    resumed = FINGERPRINT.findall((tmp_path / "launch_ds_1.log").read_text())
+    items = COMMON + OBJECTIVES["best_rq"] + ["training.save_every_steps=1000"]
+    assert launch(run, tiny_corpus, items + [f"training.max_steps={STEPS + 2}",
+                                             "training.seed=7"], _ds()) == 0
+    first = FINGERPRINT.findall((run / "launch_ds_0.log").read_text())
+    resumed = FINGERPRINT.findall((run / "launch_ds_1.log").read_text())
     assert len(first) == 2 and len(resumed) == 2, (first, resumed)  # one line per rank
     assert len(set(first + resumed)) == 1
-    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in metrics(run)] == list(range(1, STEPS + 3))
