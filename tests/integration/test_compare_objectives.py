@@ -50,7 +50,7 @@ def test_compare_two_objectives_on_a_tiny_corpus(tmp_path):
     assert json.loads((tmp_path / "cmp" / "labels" / "kmeans.json").read_text())["k"] == 8
     # A second run trains nothing again: every export and the labels are reused (one probe
     # seed is enough to show it).
-    again = subprocess.run(cmd + ["--probe-runs", "1"], capture_output=True, text=True, cwd=ROOT, timeout=900,
-                           env=launcher_env())
+    again = subprocess.run(cmd + ["--probe-runs", "1"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=900, env=launcher_env())
     assert again.returncode == 0 and "trained in" not in again.stdout
     assert again.stdout.count("k-means labels exist") == 2  # iteration 1 and 2
