@@ -22,7 +22,6 @@ frame: the output must change. Channels a masked sample could take, and how each
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 
