@@ -10,7 +10,9 @@ accumulation. The loss of each micro-batch is its masked-frame sum scaled so tha
 gradient is the mean over the global count of masked frames (all micro-batches, all ranks).
 Exit codes: 0 done, 75 stopped by SIGTERM/SIGUSR1 after saving, 3 too many non-finite steps,
 4 a checkpoint could not be saved (e.g. disk full; the previous one is kept), 5 a data source
-is unreadable (data.max_failed_shards_in_a_row shards in a row yielded nothing), 2 config error.
+is unreadable (data.max_failed_shards_in_a_row shards in a row yielded nothing), 6 the bf16
+numerics check found a module this device computes wrong (wavlm_ds/numerics.py; the message
+names it and the fp32 flag), 2 config error.
 """
 from __future__ import annotations
 
@@ -32,19 +34,22 @@ import yaml  # noqa: E402
 
 from wavlm_ds import engine as E  # noqa: E402
 from wavlm_ds.checkpoint import (CheckpointError, CheckpointManager, agree_on_resume,  # noqa: E402
-                                 fault_point, is_universal, load_universal)
+                                 is_universal, load_universal)
 from wavlm_ds.config import (RunConfig, check_batch_arithmetic, load_config, to_dict,  # noqa: E402
                              ConfigError)
 from wavlm_ds.data import DataSourceError, EvalLoader, TrainLoader  # noqa: E402
 from wavlm_ds.data.index import bytes_hashed  # noqa: E402
 from wavlm_ds.data.io import redact_config  # noqa: E402
+from wavlm_ds.faults import fault_point  # noqa: E402
 from wavlm_ds.metrics import MetricsWriter, device_peak_tflops, mfu  # noqa: E402
+from wavlm_ds.numerics import NumericsError, check_for_run  # noqa: E402
 from wavlm_ds.objectives.reconstruction import baseline_loss_sums  # noqa: E402
 
 EXIT_PREEMPTED = 75
 EXIT_NONFINITE = 3
 EXIT_SAVE_FAILED = 4
 EXIT_DATA_UNREADABLE = 5
+EXIT_NUMERICS = 6
 EXIT_REASONS = {0: "done", EXIT_PREEMPTED: "preempted: checkpoint saved",
                 EXIT_NONFINITE: "too many consecutive non-finite steps",
                 EXIT_SAVE_FAILED: "checkpoint save failed; previous checkpoint kept",
@@ -186,6 +191,11 @@ def main(argv: list[str]) -> int:
              rank, paths["attention_impl"], paths["logmel_impl"], paths["compile"],
              paths["device"], paths["fast_paths"], paths["selftest_record"])
     streams = Streams.build(cfg, micro, rank, world)  # validates shards vs ranks x workers
+    numerics = check_for_run(cfg, ds, micro, device)  # bf16: before any process group
+    if numerics is not None:
+        log.info("rank %d: %s", rank, numerics.summary())
+        numerics.raise_if_failed()
+        paths["numerics_check"] = numerics.to_dict()
 
     E.init_distributed(cfg.training.process_group_timeout_s)
     ckpt_root, resume_tag = agree_on_resume(args.resume, run_dir / "checkpoints", rank)
@@ -327,3 +337,6 @@ if __name__ == "__main__":
     except (ConfigError, CheckpointError) as err:  # before any work: bad config or --resume
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except NumericsError as err:  # before any process group: the launcher stops the others
+        print(f"numerics error: {err}", file=sys.stderr)
+        sys.exit(EXIT_NUMERICS)

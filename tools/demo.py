@@ -6,8 +6,9 @@ usage: python tools/demo.py [--run-dir runs/demo] [--utterances 400] [--steps N]
 Steps: tools/synth_corpus.py (espeak-ng + sox, deterministic) -> shards with an index per
 split -> `deepspeed --hostfile hostfiles/localhost train.py --config configs/demo.yaml
 --deepspeed_config <run-dir>/ds_config.json` (2 ranks, ZeRO-2, FusedAdam, accumulation 4;
-ds_configs/cpu_smoke.json with the precision this CPU computes natively: bf16 only with
-AVX512-BF16 or AMX, else fp32, see wavlm_ds/precision.py; printed with the reason) ->
+ds_configs/cpu_smoke.json in the precision `auto` picks for this encoder on this CPU: bf16
+only where native, right by the numerics check and faster, else fp32, see
+wavlm_ds/precision.py; printed with the reason) ->
 tools/export.py -> a summary (summary.json + printed table) and curves. Rank 0's progress
 (step, loss, ETA, validation) is printed while every rank's output goes to train.log.
 Re-running resumes the training run if it was interrupted (--resume auto).
@@ -21,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from wavlm_ds.config import load_config
 from wavlm_ds.launch import ROOT, ProgressPrinter, run_training, train_command
 from wavlm_ds.precision import CHOICES, apply_precision, choose_cpu_precision
 
@@ -92,14 +94,15 @@ def main(argv: list[str]) -> int:
     corpus, run_dir, export_dir = base / "corpus", base / "run", base / "export"
     synthesize(corpus, args.utterances)
     ds = json.loads((ROOT / "ds_configs" / "cpu_smoke.json").read_text())
-    precision = choose_cpu_precision(args.precision)
-    print(f"[demo] precision {precision.dtype}: {precision.reason}", flush=True)
     steps = args.steps or ds["scheduler"]["params"]["total_num_steps"]
+    config = ROOT / "configs" / "demo.yaml"
+    cfg = load_config(config, corpus_overrides(corpus, steps))
+    precision = choose_cpu_precision(args.precision, cfg, ds["train_micro_batch_size_per_gpu"])
+    print(f"[demo] precision {precision.dtype}: {precision.reason}", flush=True)
     ds["scheduler"]["params"]["total_num_steps"] = steps  # --steps N: the whole schedule in N
     ds_path = base / "ds_config.json"
     ds_path.write_text(json.dumps(apply_precision(ds, precision), indent=2))
-    cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, run_dir,
-                        corpus_overrides(corpus, steps))
+    cmd = train_command(config, ds_path, run_dir, corpus_overrides(corpus, steps))
     print("[demo] $", " ".join(cmd), f"  (log: {run_dir / 'train.log'})", flush=True)
     code = run_training(cmd, run_dir / "train.log",
                         progress=ProgressPrinter(run_dir / "metrics.jsonl", steps, "[demo]"))

@@ -22,9 +22,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,51 +30,17 @@ import torch.distributed as dist
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
 from wavlm_ds.data.index import sha256_file
+from wavlm_ds.faults import fault_point
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
 TAG_RE = re.compile(r"^step(\d{8})$")
-FAULT_ENV = "WAVLM_DS_FAULT"  # see fault_point
-FAULT_DIR_ENV = "WAVLM_DS_FAULT_DIR"
 
 
 class CheckpointError(RuntimeError):
     pass
-
-
-_phase_counts: Counter = Counter()
-
-
-def fault_point(phase: str, rank: int) -> None:
-    """Fault-injection hook for the reliability tests (tests/reliability).
-
-    WAVLM_DS_FAULT is a comma-separated list of `phase[@rank][:action]`. Phases: the save
-    phases (after_first_file, after_all_shards, before_manifest, after_manifest,
-    before_latest, after_latest), `step<N>` (start of optimizer step N) and `eval` (start of
-    a validation pass); `phase#K` fires the K-th time this process reaches it. Actions:
-    `kill` (default: SIGKILL this process) or `pause<S>` (touch `<phase>.<rank>.paused` in
-    $WAVLM_DS_FAULT_DIR, then sleep S seconds, so that a test can send a signal there).
-    """
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec:
-        return
-    _phase_counts[phase] += 1
-    for item in filter(None, spec.split(",")):
-        where, _, action = item.partition(":")
-        name, _, only_rank = where.partition("@")
-        name, _, nth = name.partition("#")
-        if name != phase or (only_rank and int(only_rank) != rank):
-            continue
-        if nth and int(nth) != _phase_counts[phase]:
-            continue
-        if action.startswith("pause"):
-            marker = Path(os.environ.get(FAULT_DIR_ENV, ".")) / f"{phase}.{rank}.paused"
-            marker.touch()
-            time.sleep(float(action[len("pause"):] or 5))
-        else:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _safe_globals() -> list:

@@ -174,6 +174,9 @@ class TrainingConfig:
     process_group_timeout_s: int = 1800
     max_consecutive_skipped_steps: int = 20
     no_decay_patterns: tuple[str, ...] = ("bias", "norm", "embedding", "mask_embedding")
+    # bf16/fp16 runs: before the first step, compare the encoder module by module against
+    # fp32 with the same weights and stop on a wrong kernel (wavlm_ds/numerics.py)
+    numerics_check: bool = True
 
     def __post_init__(self) -> None:
         for name in ("eval_every_steps", "save_every_steps", "keep_last_checkpoints",

@@ -27,6 +27,7 @@ from wavlm_ds.checkpoint import CheckpointError, SafeCheckpointEngine
 from wavlm_ds.config import ConfigError, RunConfig, SourceConfig
 from wavlm_ds.data import TrainLoader, mix_utterances
 from wavlm_ds.data.pipeline import hash_seed
+from wavlm_ds.faults import injected_poison
 from wavlm_ds.model import WavLMEncoder
 from wavlm_ds.model.compile import compile_blocks, compile_support_problem
 from wavlm_ds.model.encoder import draw_layerdrop
@@ -40,7 +41,6 @@ from wavlm_ds.ops.span_mask import fairseq_span_mask, span_mask
 
 # Stream names keep generators of different purposes independent for the same step.
 MASK, MIX, LAYERDROP, EVAL_MASK, DROPOUT, OBJECTIVE, NOISE = 1, 2, 3, 4, 5, 6, 7
-NAN_ENV = "WAVLM_DS_INJECT_NAN"  # see injected_poison
 
 
 def seed_for(seed: int, *keys: int) -> int:
@@ -375,13 +375,3 @@ def global_sum(values: list[torch.Tensor | float], device: torch.device | str = 
     if dist.is_initialized():
         dist.all_reduce(packed)
     return packed
-
-
-def injected_poison(step: int, rank: int) -> float | None:
-    """Fault injection for the numerics tests: the factor (nan or inf) to multiply this
-    rank's loss by at this step, or None. Spec: "<step>@<rank>[:inf],..." (default nan)."""
-    for item in filter(None, os.environ.get(NAN_ENV, "").split(",")):
-        where, _, kind = item.partition(":")
-        if where == f"{step}@{rank}":
-            return float(kind or "nan")
-    return None

@@ -24,16 +24,15 @@ COMMON = ["model.dropout=0.1", "model.layerdrop=0.2", "data.mix_prob=0.5",
 
 
 def ds_config(stage: int = 2, precision: str = "bf16", **changes) -> dict:
-    """ds_configs/cpu_smoke.json at test size. precision "bf16" (the recipe's: the tests of
-    bf16 semantics, test_trainer's shared reference runs) or "native": what this CPU
-    computes natively (wavlm_ds.precision, as `make demo` picks), for the launcher and fault
-    tests whose subject is not the number format; on a CPU without native bf16 (AVX2 only)
-    each of their steps would otherwise spend seconds in emulated bf16 matmuls."""
+    """ds_configs/cpu_smoke.json at test size, in an explicit precision, never `auto` (whose
+    choice differs between CPUs): "bf16" (the recipe's: the tests of bf16 semantics,
+    test_trainer's shared reference runs, and each dtype-dependent test beside an fp32 twin)
+    or "fp32" (the launcher and fault tests whose subject is not the number format: fast on
+    every CPU, where emulated bf16 on AVX2 would spend seconds per step)."""
     ds = json.loads((ROOT / "ds_configs" / "cpu_smoke.json").read_text())
-    if precision == "native":
-        ds = apply_precision(ds, choose_cpu_precision("auto"))
-    elif precision != "bf16":
-        raise ValueError(f"precision={precision!r}: use bf16 or native")
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision={precision!r}: use bf16 or fp32")
+    ds = apply_precision(ds, choose_cpu_precision(precision))
     ds.update(train_batch_size=16, train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=4)
     ds["zero_optimization"]["stage"] = stage
     if stage == 0:  # DeepSpeed 0.19.8 has no bf16 + fp32-accumulation mode without ZeRO

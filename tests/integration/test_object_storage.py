@@ -10,7 +10,7 @@ from tests.http_server import serve
 from tests.integration.conftest import COMMON, ds_config, launch, metrics
 
 pytestmark = pytest.mark.slow
-NATIVE = ds_config(precision="native")  # the subject is I/O, not the number format
+NATIVE = ds_config(precision="fp32")  # the subject is I/O, not the number format
 FEW = COMMON + ["training.max_steps=2", "training.save_every_steps=1000", "data.num_workers=1"]
 
 

@@ -62,7 +62,7 @@ def trained(tiny_corpus, labels, tmp_path_factory):
 
 
 def _ds() -> dict:
-    ds = ds_config(precision="native")
+    ds = ds_config(precision="fp32")
     ds["scheduler"]["params"].update(total_num_steps=STEPS + 2, warmup_num_steps=2)
     return ds
 

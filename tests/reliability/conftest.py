@@ -42,7 +42,7 @@ def launch(run_dir: Path, corpus: dict[str, Path], overrides: list[str], *, seed
     """train.py through the deepspeed launcher with key logging on; returns its exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ds_path = run_dir / f"ds_{len(list(run_dir.glob('launch_*.log')))}.json"
-    ds_path.write_text(json.dumps(ds or ds_config(precision="native")))
+    ds_path.write_text(json.dumps(ds or ds_config(precision="fp32")))
     items = corpus_overrides(corpus) + COMMON + [f"training.seed={seed}",
                                                  "logging.log_sample_keys=true"] + overrides
     kwargs = {"hostfile": hostfile} if hostfile else {}

@@ -1,4 +1,5 @@
-"""Non-finite losses on one rank (issue 9, item 5) and untrusted files / secrets (item 8)."""
+"""Non-finite losses on one rank (issue 9, item 5), a wrong bf16 kernel (issue 23) and
+untrusted files / secrets (item 8)."""
 from __future__ import annotations
 
 import json
@@ -15,10 +16,11 @@ import torch
 
 from tests.integration.conftest import optimizer_state_files
 from tests.integration.test_trainer import assert_tensors_equal
-from tests.reliability.conftest import FULL, launch, metrics
+from tests.reliability.conftest import FULL, ds_config, launch, metrics
 from wavlm_ds.checkpoint import MANIFEST, CheckpointError, safe_load
 from wavlm_ds.data.index import sha256_file
 from wavlm_ds.data.pipeline import Sample, crop_labels
+from wavlm_ds.faults import BF16_ERROR_ENV
 from wavlm_ds.launch import ROOT, launcher_env
 
 pytestmark = pytest.mark.slow
@@ -77,6 +79,20 @@ def test_abort_after_k_consecutive_nonfinite_steps(corpus, tmp_path, record):
         (tmp_path / "launch_ds_0.log").read_text()
     record(fault="K non-finite steps in a row", case="K=3, steps 2-4 poisoned on alternating ranks",
            survived="abort with exit 3 after step 4", lost="-")
+
+
+def test_wrong_bf16_kernel_stops_every_rank_before_training(corpus, tmp_path, record):
+    """A block made wrong in bf16 only (what oneDNN's AMX conv does to the positional conv)
+    stops a bf16 run at start-up on any CPU, every rank naming the module; nothing trains."""
+    code = launch(tmp_path, corpus, ["training.max_steps=2"], ds=ds_config(precision="bf16"),
+                  env={BF16_ERROR_ENV: "blocks.1"})
+    log = (tmp_path / "launch_ds_0.log").read_text()
+    assert code == 6, log[-3000:]
+    assert log.count("this device computes blocks.1 wrong in bfloat16") >= 1
+    assert "blocks.1: output differs from fp32 by 0.5" in log and "--precision fp32" in log
+    assert not (tmp_path / "metrics.jsonl").exists() or not metrics(tmp_path)
+    record(fault="a module wrong in bf16 only (injected: blocks.1)", case="bf16 run, 2 ranks",
+           survived="stopped before step 1, exit 6, module named", lost="-")
 
 
 def _assert_secret_absent(run_dir: Path) -> None:

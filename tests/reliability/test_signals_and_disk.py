@@ -24,7 +24,7 @@ def start(run_dir: Path, corpus, overrides: list[str], env: dict[str, str],
           launcher_args: list[str] = (), hostfile: Path | None = None, tag: str = "0"):
     run_dir.mkdir(parents=True, exist_ok=True)
     ds_path = run_dir / "ds.json"
-    ds_path.write_text(json.dumps(ds_config(precision="native")))
+    ds_path.write_text(json.dumps(ds_config(precision="fp32")))
     items = corpus_overrides(corpus) + COMMON + ["logging.log_sample_keys=true"] + overrides
     kwargs = {"hostfile": hostfile} if hostfile else {}
     cmd = train_command(ROOT / "configs" / "demo.yaml", ds_path, run_dir, items,

@@ -43,7 +43,20 @@ class EncoderOutput:
 
 
 class ConvPositionalEmbedding(nn.Module):
-    """WavLM's grouped convolution over time (weight norm over the kernel dim, GELU)."""
+    """WavLM's grouped convolution over time (weight norm over the kernel dim, GELU).
+
+    On CPU it always computes in fp32 (the input and the weight-normed weight cast up, the
+    output cast back to the input's dtype): oneDNN's bf16 grouped conv1d on AMX CPUs returns
+    wrong values (relative error 1.05-1.17 against fp32) when a group has at most 12 channels
+    and the kernel is even ({4, 6, 8, 12} x {16, 32, 64} measured; the demo's 96 channels / 8
+    groups, kernel 32 is in that region); it is right at 16+ channels per group (large_plus:
+    64, kernel 128), with an odd kernel at 12, and with oneDNN off (SPEC.md, CPU precision
+    facts, torch 2.11.0). AVX2 and AVX512-BF16 CPUs without AMX do not reproduce it. Of the
+    correct options, fp32 measured fastest on CPU (AMD EPYC, AVX512-BF16, no AMX, 1 thread,
+    bf16 input, forward + backward, demo shape B 4 x T 300 x 96: fp32 9.4 ms, native bf16
+    8.7, unfold + bmm 33.5, oneDNN off 53.5; large_plus shape: 1.38 s, 0.74, 1.75, 20.8).
+    CUDA keeps the conv in the input's dtype (cuDNN; checked by wavlm_ds.numerics at start).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -56,10 +69,21 @@ class ConvPositionalEmbedding(nn.Module):
         self.num_remove = 1 if cfg.conv_pos_kernel % 2 == 0 else 0  # "same" length
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.transpose(1, 2))  # (B, D, T + num_remove)
+        x = x.transpose(1, 2)  # (B, D, T)
+        if x.device.type == "cpu" and x.dtype != torch.float32:
+            y = self._conv_fp32(x).to(x.dtype)
+        else:
+            y = self.conv(x)  # (B, D, T + num_remove)
         if self.num_remove:
             y = y[..., : -self.num_remove]
         return F.gelu(y).transpose(1, 2)  # (B, T, D)
+
+    def _conv_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv in fp32, weight norm included (g and v cast up before they combine)."""
+        conv, weight = self.conv, self.conv.parametrizations.weight
+        w = torch._weight_norm(weight.original1.float(), weight.original0.float(), dim=2)
+        return F.conv1d(x.float(), w, conv.bias.float(), padding=conv.padding,
+                        groups=conv.groups)
 
 
 class Block(nn.Module):

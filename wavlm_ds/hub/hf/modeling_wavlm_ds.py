@@ -131,7 +131,16 @@ class ConvPositionalEmbedding(nn.Module):
         self.num_remove = 1 if c.conv_pos_kernel % 2 == 0 else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.transpose(1, 2))
+        x = x.transpose(1, 2)
+        if x.device.type == "cpu" and x.dtype != torch.float32:
+            # oneDNN's bf16 grouped conv1d is wrong on AMX CPUs at <= 12 channels per group:
+            # fp32 on CPU, as wavlm_ds.model.encoder.ConvPositionalEmbedding (its docstring)
+            wn = self.conv.parametrizations.weight
+            w = torch._weight_norm(wn.original1.float(), wn.original0.float(), dim=2)
+            y = F.conv1d(x.float(), w, self.conv.bias.float(), padding=self.conv.padding,
+                         groups=self.conv.groups).to(x.dtype)
+        else:
+            y = self.conv(x)
         if self.num_remove:
             y = y[..., : -self.num_remove]
         return F.gelu(y).transpose(1, 2)  # (B, T, D)
