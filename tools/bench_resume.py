@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_shards import make_shards  # noqa: E402  (tools/ sibling)
-
-from wavlm_ds.config import DataConfig, SourceConfig  # noqa: E402
-from wavlm_ds.data import TrainLoader  # noqa: E402
-from wavlm_ds.data.index import INDEX_NAME, read_index  # noqa: E402
+from wavlm_ds.config import DataConfig, SourceConfig
+from wavlm_ds.data import TrainLoader
+from wavlm_ds.data.index import INDEX_NAME, read_index
+from wavlm_ds.data.shards import make_shards
 
 SR = 16000
 BATCH = 4
