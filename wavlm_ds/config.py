@@ -39,27 +39,30 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    sources: tuple[SourceConfig, ...] = ()
-    valid_shards: str = ""
-    noise_shards: str = ""
+    sources: tuple[SourceConfig, ...] = ()  # named corpora: {name, shards, weight} each
+    valid_shards: str = ""  # validation set (split by samples over ranks); empty = no validation
+    noise_shards: str = ""  # noise recordings for utterance mixing; empty = mix speech only
     resampled: bool = False  # infinite stream (shards drawn with replacement) instead of epochs
     allow_pipe: bool = False  # `pipe:` URLs run a shell command: off unless asked for
-    num_workers: int = 2
+    num_workers: int = 2  # DataLoader workers per rank (tar read + FLAC decode)
     noise_workers: int = 1  # DataLoader workers decoding the noise stream (0: in-process)
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 256  # samples held for shuffling per reader
     bucket_batches: int = 8  # batches sorted together by length to keep padding low
-    max_duration_s: float = 16.0
-    min_duration_s: float = 1.0
-    max_member_bytes: int = 64 * 2**20
+    max_duration_s: float = 16.0  # longer samples are randomly cropped to this
+    min_duration_s: float = 1.0  # shorter samples are skipped (counted)
+    max_member_bytes: int = 64 * 2**20  # a larger tar member is refused (counted)
     max_failed_shards_in_a_row: int = 8  # of one source, each yielding nothing: stop the run
+    # htk (torchaudio MelSpectrogram) or kaldi (kaldi.fbank) features
     logmel_mode: Literal["htk", "kaldi"] = "htk"
-    mix_prob: float = 0.2
+    mix_prob: float = 0.2  # share of rows that get an interferer (WavLM utterance mixing)
+    # SNR range against another utterance of the batch
     mix_snr_db: tuple[float, float] = (-5.0, 5.0)
-    noise_snr_db: tuple[float, float] = (-5.0, 20.0)
-    mix_max_fraction: float = 0.5
+    noise_snr_db: tuple[float, float] = (-5.0, 20.0)  # SNR range against a noise crop
+    mix_max_fraction: float = 0.5  # at most this share of a row is overlapped
     # Frame-rate labels joined by key (e.g. k-means targets): the member name inside the
     # shards, and optionally a directory of sidecar shards with the same file names.
     label_member: str = ""
+    # directory of label sidecar shards (same file names); empty = in-shard
     label_sidecar_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -82,6 +85,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class MaskingConfig:
+    # exact: round(ratio x length) frames in fixed-count spans; fairseq: its semantics
     style: Literal["exact", "fairseq"] = "exact"
     mask_ratio: float = 0.8  # exact: fraction of valid input frames; fairseq: mask_prob
     mask_span_frames: int = 10  # input frames (10 ms each)
@@ -95,6 +99,7 @@ class MaskingConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
+    # reconstruction: L1/MSE on masked log-Mel; best_rq: random-projection codes; kmeans: labels
     name: Literal["reconstruction", "best_rq", "kmeans"] = "reconstruction"
     loss: Literal["l1", "mse"] = "l1"  # reconstruction
     codebook_size: int = 8192  # best_rq
@@ -105,14 +110,15 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    seed: int = 1234
+    seed: int = 1234  # seeds every generator with (seed, rank, step)
     max_steps: int = 0  # optimizer steps to run; 0 = the scheduler's total_num_steps
-    eval_every_steps: int = 100
-    save_every_steps: int = 100
-    keep_last_checkpoints: int = 3
-    eval_batches: int = 8
-    process_group_timeout_s: int = 1800
-    max_consecutive_skipped_steps: int = 20
+    eval_every_steps: int = 100  # validation interval, optimizer steps
+    save_every_steps: int = 100  # checkpoint interval, optimizer steps (the most a crash loses)
+    keep_last_checkpoints: int = 3  # older complete checkpoints are deleted
+    eval_batches: int = 8  # batches per validation pass
+    process_group_timeout_s: int = 1800  # collective timeout of the process group
+    max_consecutive_skipped_steps: int = 20  # non-finite steps in a row before exit code 3
+    # parameter names with these substrings get no weight decay
     no_decay_patterns: tuple[str, ...] = ("bias", "norm", "embedding", "mask_embedding")
 
     def __post_init__(self) -> None:
@@ -124,10 +130,10 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    log_every_steps: int = 1
-    tensorboard: bool = True
-    csv: bool = True
-    progress_bar: bool = True
+    log_every_steps: int = 1  # metrics interval, optimizer steps
+    tensorboard: bool = True  # DeepSpeed's TensorBoard monitor under <run-dir>
+    csv: bool = True  # DeepSpeed's CSV monitor under <run-dir>
+    progress_bar: bool = True  # rank 0's progress bar on the console
     # Append the keys of the samples each optimizer step consumed to
     # <run-dir>/sample_keys/rank<r>.jsonl (an audit trail of exactly what was trained on).
     log_sample_keys: bool = False

@@ -13,16 +13,17 @@ from wavlm_ds.errors import require
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # debug | base | large | large_plus (wavlm_ds/presets.py); other keys override it
     preset: str = "debug"
-    num_mel_bins: int = 80
+    num_mel_bins: int = 80  # log-Mel bins of the input
     frame_stack: int = 2  # input frames (10 ms) per encoder frame: 2 -> 20 ms encoder frames
     frontend_dim: int = 64  # hidden width of the front end ("feature encoder")
-    model_dim: int = 32
-    num_layers: int = 2
-    num_heads: int = 4
-    ffn_dim: int = 64
-    conv_pos_kernel: int = 16
-    conv_pos_groups: int = 4
+    model_dim: int = 32  # transformer width
+    num_layers: int = 2  # transformer blocks
+    num_heads: int = 4  # attention heads (model_dim must divide by it)
+    ffn_dim: int = 64  # FFN hidden width
+    conv_pos_kernel: int = 16  # positional convolution kernel, encoder frames (WavLM: 128)
+    conv_pos_groups: int = 4  # positional convolution groups (WavLM: 16)
     # A LayerNorm right after x + pos_conv(x). WavLM's pre-LN encoder (fairseq/unilm
     # layer_norm_first, torchaudio, transformers' WavLMEncoderStableLayerNorm) has none,
     # only the final one: false. true is what wavlm_ds built before this key existed (its
@@ -30,11 +31,11 @@ class ModelConfig:
     pos_conv_layer_norm: bool = False
     num_buckets: int = 320  # WavLM: 160 per direction, exact up to 80 frames
     max_distance: int = 800  # encoder frames; log-spaced buckets up to here
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    activation_dropout: float = 0.0
-    layerdrop: float = 0.05
-    init_std: float = 0.02
+    dropout: float = 0.1  # residual and embedding dropout
+    attention_dropout: float = 0.1  # on attention weights (reference and sdpa paths only)
+    activation_dropout: float = 0.0  # inside the FFN
+    layerdrop: float = 0.05  # probability of skipping a block in training (seeded per step)
+    init_std: float = 0.02  # normal init of linear and embedding weights
     # auto: sdpa (or flex where tools/gpu_selftest.py proved it) on CUDA, blocked on CPU
     attention_impl: Literal["auto", "reference", "blocked", "sdpa", "flex"] = "auto"
     # Self-made CUDA fast paths (flex attention, Triton log-Mel): auto = where the self-test
@@ -42,6 +43,7 @@ class ModelConfig:
     fast_paths: Literal["auto", "force", "off"] = "auto"
     selftest_record: str = ""  # default: inside the venv (wavlm_ds/ops/gpu_gate.py)
     compile: bool = False  # regional torch.compile of each transformer block
+    # recompute each block in backward (saves activation memory)
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
