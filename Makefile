@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 SYSPKG_STAMP := $(VENV)/.syspkgs
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup syspkgs ops test test-fast reliability-full demo bench eval compare wheelhouse finetune clean
+.PHONY: setup syspkgs ops test test-fast docs-check reliability-full demo bench eval compare wheelhouse finetune clean
 
 setup: $(STAMP) $(SYSPKG_STAMP)
 
@@ -60,6 +60,11 @@ reliability-full: setup ops
 
 test-fast: setup
 	$(PY) -m pytest tests/unit -q -m "not slow"
+
+# Links, make targets, tools, paths and config keys named in README.md, docs/ and the other
+# pages exist; docs/config.md matches the config dataclasses (python -m wavlm_ds.config_doc).
+docs-check: setup
+	$(PY) -m pytest tests/unit/test_docs.py tests/unit/test_import_graph.py -q
 
 demo: setup ops
 	$(PY) tools/demo.py --run-dir $(DEMO_DIR)

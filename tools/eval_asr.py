@@ -19,27 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from wavlm_ds.eval import EvalError, cli
-from wavlm_ds.eval.asr import FIELD, AsrResult, run_asr
+from wavlm_ds.eval import cli
+from wavlm_ds.eval.asr import FIELD, asr_metrics, run_asr
 from wavlm_ds.eval.data import label_texts
-from wavlm_ds.eval.metrics import bootstrap_ratio
 from wavlm_ds.eval.upstream import extract
-
-
-def export_live(src: Path, out: Path) -> Path:
-    """A run dir / ZeRO checkpoint -> an export dir (tools/export.py's path)."""
-    from export import export_model, resolve_checkpoint  # tools/export.py; pulls in DeepSpeed
-    try:
-        return export_model(resolve_checkpoint(src), out)
-    except SystemExit as err:  # export.py reports a bad checkpoint by exiting
-        raise EvalError(f"upstream {src}: no model.safetensors (not an export) and not a usable "
-                        f"checkpoint either: {err}") from None
-
-
-def asr_metrics(res: AsrResult, resamples: int, seed: int) -> dict:
-    return {name: bootstrap_ratio(c.errors, c.ref_len, resamples=resamples, seed=seed,
-                                  what=name.upper()).as_dict()
-            for name, c in (("wer", res.words), ("cer", res.chars))}
 
 
 def main(argv: list[str]) -> int:
@@ -56,7 +39,7 @@ def main(argv: list[str]) -> int:
     train, test = cli.load_splits(args)
     # Labels first: a shard set without transcripts fails before any feature extraction.
     train_texts, test_texts = (label_texts(s, FIELD[args.units]) for s in (train, test))
-    upstream = cli.upstream_from_args(args, export_live)
+    upstream = cli.upstream_from_args(args, cli.export_live)
     ftrain = extract(upstream, [u.key for u in train.utterances],
                      [u.audio for u in train.utterances], args.batch_seconds, "train features")
     ftest = extract(upstream, [u.key for u in test.utterances],

@@ -20,25 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from eval_asr import export_live  # tools/eval_asr.py
-
-from wavlm_ds.eval import EvalError, cli
+from wavlm_ds.eval import cli
 from wavlm_ds.eval.f0 import references, run_f0
-from wavlm_ds.eval.pitch import TrackerConfig, tracker_self_check
+from wavlm_ds.eval.pitch import TRACKER_BOUND_CENTS, TrackerConfig, checked_tracker
 from wavlm_ds.eval.upstream import extract
-
-TRACKER_BOUND_CENTS = 15.0  # measured worst case ~7.5 cents (5 Hz vibrato), see the test
-
-
-def checked_tracker(cfg: TrackerConfig, bound_cents: float) -> dict:
-    """Run the synthetic-tone self-check; refuse a tracker setting that fails it."""
-    check = tracker_self_check(cfg)
-    worst = max(r["rmse_cents"] for r in check.values())
-    if worst > bound_cents:
-        raise EvalError(f"pitch tracker self-check failed: RMSE {worst:.1f} cents > "
-                        f"{bound_cents} on synthetic tones ({check}); check "
-                        "--floor-hz/--ceiling-hz")
-    return check
 
 
 def main(argv: list[str]) -> int:
@@ -57,7 +42,7 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     check = checked_tracker(tracker, args.tracker_bound_cents)
     train, test = cli.load_splits(args)
-    upstream = cli.upstream_from_args(args, export_live)
+    upstream = cli.upstream_from_args(args, cli.export_live)
     feats = {}
     for split in (train, test):
         audios = [u.audio for u in split.utterances]

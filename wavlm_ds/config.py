@@ -4,7 +4,9 @@ A run YAML holds only what differs from the defaults; the model section starts f
 preset function (`wavlm_ds.presets`). Unknown keys, wrong types and impossible values raise
 `ConfigError` naming the file, the key and the fix, before any heavy work starts.
 DeepSpeed's JSON owns engine settings (batch sizes, optimizer, scheduler, precision); the
-cross-field checks between both live in `check_batch_arithmetic`.
+cross-field checks between both live in `check_batch_arithmetic`. `ModelConfig` lives in
+`wavlm_ds/model/config.py` and `ConfigError` in `wavlm_ds/errors.py`; both import from here
+too.
 """
 from __future__ import annotations
 
@@ -17,71 +19,9 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key, the source and the fix."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    preset: str = "debug"
-    num_mel_bins: int = 80
-    frame_stack: int = 2  # input frames (10 ms) per encoder frame: 2 -> 20 ms encoder frames
-    frontend_dim: int = 64  # hidden width of the front end ("feature encoder")
-    model_dim: int = 32
-    num_layers: int = 2
-    num_heads: int = 4
-    ffn_dim: int = 64
-    conv_pos_kernel: int = 16
-    conv_pos_groups: int = 4
-    # A LayerNorm right after x + pos_conv(x). WavLM's pre-LN encoder (fairseq/unilm
-    # layer_norm_first, torchaudio, transformers' WavLMEncoderStableLayerNorm) has none,
-    # only the final one: false. true is what wavlm_ds built before this key existed (its
-    # old checkpoints and exports need it to load); it is not WavLM.
-    pos_conv_layer_norm: bool = False
-    num_buckets: int = 320  # WavLM: 160 per direction, exact up to 80 frames
-    max_distance: int = 800  # encoder frames; log-spaced buckets up to here
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    activation_dropout: float = 0.0
-    layerdrop: float = 0.05
-    init_std: float = 0.02
-    # auto: sdpa (or flex where tools/gpu_selftest.py proved it) on CUDA, blocked on CPU
-    attention_impl: Literal["auto", "reference", "blocked", "sdpa", "flex"] = "auto"
-    # Self-made CUDA fast paths (flex attention, Triton log-Mel): auto = where the self-test
-    # record proved them on this GPU model, force = always (CUDA only), off = never.
-    fast_paths: Literal["auto", "force", "off"] = "auto"
-    selftest_record: str = ""  # default: inside the venv (wavlm_ds/ops/gpu_gate.py)
-    compile: bool = False  # regional torch.compile of each transformer block
-    activation_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        _require(self.model_dim % self.num_heads == 0, "model.model_dim",
-                 f"{self.model_dim} is not divisible by model.num_heads={self.num_heads}",
-                 "pick a width that is a multiple of the head count")
-        _require(self.model_dim % self.conv_pos_groups == 0, "model.conv_pos_groups",
-                 f"{self.conv_pos_groups} does not divide model.model_dim={self.model_dim}",
-                 "use a divisor of the width (WavLM uses 16)")
-        _require(self.num_buckets % 2 == 0 and self.num_buckets >= 4, "model.num_buckets",
-                 f"{self.num_buckets} must be even and >= 4", "WavLM uses 320")
-        _require(self.max_distance > self.num_buckets // 4, "model.max_distance",
-                 f"{self.max_distance} must exceed num_buckets/4={self.num_buckets // 4} "
-                 "(the exact-bucket range)", "WavLM uses 800")
-        for name in ("num_mel_bins", "frame_stack", "frontend_dim", "model_dim", "num_layers",
-                     "num_heads", "ffn_dim", "conv_pos_kernel"):
-            _require(getattr(self, name) > 0, f"model.{name}", "must be positive", "")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "layerdrop"):
-            value = getattr(self, name)
-            _require(0.0 <= value < 1.0, f"model.{name}", f"{value} is outside [0, 1)", "")
-        _require(self.attention_dropout == 0 or self.attention_impl not in ("blocked", "flex"),
-                 "model.attention_impl",
-                 f"{self.attention_impl!r} has no attention dropout, but model.attention_dropout"
-                 f" = {self.attention_dropout}",
-                 "set model.attention_dropout: 0.0, or model.attention_impl: sdpa (or auto)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.model_dim // self.num_heads
+from wavlm_ds.errors import ConfigError, require
+from wavlm_ds.model.config import ModelConfig
+from wavlm_ds.presets import get_preset
 
 
 @dataclass(frozen=True)
@@ -93,68 +33,73 @@ class SourceConfig:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        _require(self.weight > 0, f"data.sources[{self.name}].weight",
+        require(self.weight > 0, f"data.sources[{self.name}].weight",
                  f"{self.weight} must be > 0", "drop the source instead of weighting it 0")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    sources: tuple[SourceConfig, ...] = ()
-    valid_shards: str = ""
-    noise_shards: str = ""
+    sources: tuple[SourceConfig, ...] = ()  # named corpora: {name, shards, weight} each
+    valid_shards: str = ""  # validation set (split by samples over ranks); empty = no validation
+    noise_shards: str = ""  # noise recordings for utterance mixing; empty = mix speech only
     resampled: bool = False  # infinite stream (shards drawn with replacement) instead of epochs
     allow_pipe: bool = False  # `pipe:` URLs run a shell command: off unless asked for
-    num_workers: int = 2
+    num_workers: int = 2  # DataLoader workers per rank (tar read + FLAC decode)
     noise_workers: int = 1  # DataLoader workers decoding the noise stream (0: in-process)
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 256  # samples held for shuffling per reader
     bucket_batches: int = 8  # batches sorted together by length to keep padding low
-    max_duration_s: float = 16.0
-    min_duration_s: float = 1.0
-    max_member_bytes: int = 64 * 2**20
+    max_duration_s: float = 16.0  # longer samples are randomly cropped to this
+    min_duration_s: float = 1.0  # shorter samples are skipped (counted)
+    max_member_bytes: int = 64 * 2**20  # a larger tar member is refused (counted)
     max_failed_shards_in_a_row: int = 8  # of one source, each yielding nothing: stop the run
+    # htk (torchaudio MelSpectrogram) or kaldi (kaldi.fbank) features
     logmel_mode: Literal["htk", "kaldi"] = "htk"
-    mix_prob: float = 0.2
+    mix_prob: float = 0.2  # share of rows that get an interferer (WavLM utterance mixing)
+    # SNR range against another utterance of the batch
     mix_snr_db: tuple[float, float] = (-5.0, 5.0)
-    noise_snr_db: tuple[float, float] = (-5.0, 20.0)
-    mix_max_fraction: float = 0.5
+    noise_snr_db: tuple[float, float] = (-5.0, 20.0)  # SNR range against a noise crop
+    mix_max_fraction: float = 0.5  # at most this share of a row is overlapped
     # Frame-rate labels joined by key (e.g. k-means targets): the member name inside the
     # shards, and optionally a directory of sidecar shards with the same file names.
     label_member: str = ""
+    # directory of label sidecar shards (same file names); empty = in-shard
     label_sidecar_dir: str = ""
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
-        _require(len(set(names)) == len(names), "data.sources",
+        require(len(set(names)) == len(names), "data.sources",
                  f"duplicate source names {names}", "give every source its own name")
-        _require(0 < self.min_duration_s <= self.max_duration_s, "data.min_duration_s",
+        require(0 < self.min_duration_s <= self.max_duration_s, "data.min_duration_s",
                  f"need 0 < min_duration_s ({self.min_duration_s}) <= max_duration_s "
                  f"({self.max_duration_s})", "")
-        _require(0.0 <= self.mix_prob <= 1.0, "data.mix_prob", f"{self.mix_prob} not in [0, 1]", "")
-        _require(0.0 < self.mix_max_fraction <= 1.0, "data.mix_max_fraction",
+        require(0.0 <= self.mix_prob <= 1.0, "data.mix_prob", f"{self.mix_prob} not in [0, 1]", "")
+        require(0.0 < self.mix_max_fraction <= 1.0, "data.mix_max_fraction",
                  f"{self.mix_max_fraction} not in (0, 1]", "")
-        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0", "")
-        _require(self.noise_workers >= 0, "data.noise_workers", "must be >= 0", "")
-        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1", "")
-        _require(self.bucket_batches >= 1, "data.bucket_batches", "must be >= 1", "")
-        _require(self.max_failed_shards_in_a_row >= 1, "data.max_failed_shards_in_a_row",
+        require(self.num_workers >= 0, "data.num_workers", "must be >= 0", "")
+        require(self.noise_workers >= 0, "data.noise_workers", "must be >= 0", "")
+        require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1", "")
+        require(self.bucket_batches >= 1, "data.bucket_batches", "must be >= 1", "")
+        require(self.max_failed_shards_in_a_row >= 1, "data.max_failed_shards_in_a_row",
                  "must be >= 1", "")
 
 
 @dataclass(frozen=True)
 class MaskingConfig:
+    # exact: round(ratio x length) frames in fixed-count spans; fairseq: its semantics
     style: Literal["exact", "fairseq"] = "exact"
     mask_ratio: float = 0.8  # exact: fraction of valid input frames; fairseq: mask_prob
     mask_span_frames: int = 10  # input frames (10 ms each)
     min_masks: int = 2  # fairseq style only
 
     def __post_init__(self) -> None:
-        _require(0.0 < self.mask_ratio < 1.0, "masking.mask_ratio",
+        require(0.0 < self.mask_ratio < 1.0, "masking.mask_ratio",
                  f"{self.mask_ratio} is outside (0, 1)", "the recipe uses 0.8")
-        _require(self.mask_span_frames >= 1, "masking.mask_span_frames", "must be >= 1", "")
+        require(self.mask_span_frames >= 1, "masking.mask_span_frames", "must be >= 1", "")
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
+    # reconstruction: L1/MSE on masked log-Mel; best_rq: random-projection codes; kmeans: labels
     name: Literal["reconstruction", "best_rq", "kmeans"] = "reconstruction"
     loss: Literal["l1", "mse"] = "l1"  # reconstruction
     codebook_size: int = 8192  # best_rq
@@ -165,14 +110,15 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    seed: int = 1234
+    seed: int = 1234  # seeds every generator with (seed, rank, step)
     max_steps: int = 0  # optimizer steps to run; 0 = the scheduler's total_num_steps
-    eval_every_steps: int = 100
-    save_every_steps: int = 100
-    keep_last_checkpoints: int = 3
-    eval_batches: int = 8
-    process_group_timeout_s: int = 1800
-    max_consecutive_skipped_steps: int = 20
+    eval_every_steps: int = 100  # validation interval, optimizer steps
+    save_every_steps: int = 100  # checkpoint interval, optimizer steps (the most a crash loses)
+    keep_last_checkpoints: int = 3  # older complete checkpoints are deleted
+    eval_batches: int = 8  # batches per validation pass
+    process_group_timeout_s: int = 1800  # collective timeout of the process group
+    max_consecutive_skipped_steps: int = 20  # non-finite steps in a row before exit code 3
+    # parameter names with these substrings get no weight decay
     no_decay_patterns: tuple[str, ...] = ("bias", "norm", "embedding", "mask_embedding")
     # bf16/fp16 runs: before the first step, compare the encoder module by module against
     # fp32 with the same weights and stop on a wrong kernel (wavlm_ds/numerics.py)
@@ -181,16 +127,16 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         for name in ("eval_every_steps", "save_every_steps", "keep_last_checkpoints",
                      "process_group_timeout_s", "max_consecutive_skipped_steps"):
-            _require(getattr(self, name) >= 1, f"training.{name}", "must be >= 1", "")
-        _require(self.max_steps >= 0, "training.max_steps", "must be >= 0", "")
+            require(getattr(self, name) >= 1, f"training.{name}", "must be >= 1", "")
+        require(self.max_steps >= 0, "training.max_steps", "must be >= 0", "")
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    log_every_steps: int = 1
-    tensorboard: bool = True
-    csv: bool = True
-    progress_bar: bool = True
+    log_every_steps: int = 1  # metrics interval, optimizer steps
+    tensorboard: bool = True  # DeepSpeed's TensorBoard monitor under <run-dir>
+    csv: bool = True  # DeepSpeed's CSV monitor under <run-dir>
+    progress_bar: bool = True  # rank 0's progress bar on the console
     # Append the keys of the samples each optimizer step consumed to
     # <run-dir>/sample_keys/rank<r>.jsonl (an audit trail of exactly what was trained on).
     log_sample_keys: bool = False
@@ -204,11 +150,6 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-
-def _require(ok: bool, key: str, problem: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {problem}" + (f"; fix: {fix}" if fix else ""))
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,8 +239,6 @@ def _merge(base: dict, path: list[str], value: Any) -> None:
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Load a run YAML (only overrides of the defaults), apply `--set` overrides, validate."""
-    from wavlm_ds.presets import get_preset  # presets import this module
-
     raw: dict = {}
     where = "<defaults>"
     if path is not None:

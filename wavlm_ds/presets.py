@@ -1,14 +1,16 @@
 """Model presets, as small functions; `python -m wavlm_ds.presets` prints their table.
 
-Each preset builds on the one before it (fairseq2 style). Parameter counts are taken from
-the real module built on the meta device, so nothing is allocated.
+Each preset builds on the one before it (fairseq2 style). Parameter counts come from the
+analytic count of wavlm_ds/model/flops.py (tested equal to the module's numel), so this
+module never builds the model.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable
 
-from wavlm_ds.config import ModelConfig
+from wavlm_ds.model.config import ModelConfig
+from wavlm_ds.model.flops import parameter_count
 
 
 def debug() -> ModelConfig:
@@ -46,18 +48,12 @@ def get_preset(name: str) -> ModelConfig:
 
 
 def preset_table() -> list[dict]:
-    """Layers, width, heads, FFN and parameter count of each preset (meta device)."""
-    import torch
-
-    from wavlm_ds.model import WavLMEncoder
-
+    """Layers, width, heads, FFN and parameter count of each preset."""
     rows = []
     for name, make in PRESETS.items():
         cfg = make()
-        with torch.device("meta"):
-            params = sum(p.numel() for p in WavLMEncoder(cfg).parameters())
         rows.append({"preset": name, "layers": cfg.num_layers, "width": cfg.model_dim,
-                     "heads": cfg.num_heads, "ffn": cfg.ffn_dim, "params": params})
+                     "heads": cfg.num_heads, "ffn": cfg.ffn_dim, "params": parameter_count(cfg)})
     return rows
 
 

@@ -15,10 +15,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import export as export_tool  # noqa: E402
-
 from tests.unit.exports import speech_batch, tiny_export  # noqa: E402
+from wavlm_ds.export import export_hf_from  # noqa: E402
 from wavlm_ds.ops.logmel import log_mel  # noqa: E402
 from wavlm_ds.pretrained import load_pretrained  # noqa: E402
 
@@ -57,7 +55,7 @@ def reference_layers(export: Path, wav: torch.Tensor) -> list[torch.Tensor]:
 def test_fresh_process_matches_load_pretrained(mode, tmp_path):
     export = tiny_export(tmp_path / "export", logmel_mode=mode)
     hf_dir = tmp_path / "hf"
-    assert export_tool.main(["hf", str(export), "--out", str(hf_dir)]) == 0
+    export_hf_from(export, hf_dir)
     code = (hf_dir / "modeling_wavlm_ds.py").read_text()
     assert not re.search(r"^\s*(import|from)\s+wavlm_ds", code, re.M)
     config = json.loads((hf_dir / "config.json").read_text())
@@ -93,5 +91,5 @@ def test_export_from_another_config_version_names_the_key(tmp_path):
     cfg["model"]["rotary_dim"] = 64  # a key this version does not know
     (export / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(Exception, match="rotary_dim") as info:
-        export_tool.main(["hf", str(export), "--out", str(tmp_path / "hf")])
+        export_hf_from(export, tmp_path / "hf")
     assert "config.json" in str(info.value)

@@ -1,9 +1,10 @@
-"""tools/kmeans_labels.py: fit, sidecar labels on the pipeline's grid, join through the real
+"""wavlm_ds/objectives/kmeans_labels.py (tools/kmeans_labels.py): fit, sidecar labels on the pipeline's grid, join through the real
 pipeline after cropping, encoder-layer features, bad inputs."""
 from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -20,11 +21,11 @@ from wavlm_ds.data.pipeline import label_frames, read_tar
 from wavlm_ds.eval import EvalError
 from wavlm_ds.eval.upstream import logmel_upstream
 from wavlm_ds.model import WavLMEncoder
+from wavlm_ds.objectives.kmeans_labels import KMeansError, label_corpus
 from wavlm_ds.presets import debug
 from wavlm_ds.pretrained import save_export
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import kmeans_labels  # noqa: E402
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "kmeans_labels.py"
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +36,10 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
             "valid": write_shards(root / "valid", "va", num_shards=1, per_shard=3, seed=12)}
 
 
-def run_tool(*argv: object) -> dict:
-    return kmeans_labels.run(kmeans_labels.parse([str(a) for a in argv]))
-
-
 @pytest.fixture(scope="module")
 def labelled(corpus, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("labels")
-    summary = run_tool(corpus["train"], corpus["valid"], "--out", out, "--k", 8, "--seed", 1)
+    summary = label_corpus([str(corpus["train"]), str(corpus["valid"])], out, k=8, seed=1)
     return out, summary
 
 
@@ -118,21 +115,21 @@ def test_encoder_layer_features(corpus, tmp_path):
     encoder = WavLMEncoder(cfg.model)
     export = save_export(tmp_path / "export", {f"encoder.{k}": v for k, v in
                                               encoder.state_dict().items()}, cfg)
-    summary = run_tool(corpus["valid"], "--out", tmp_path / "out", "--k", 4, "--features",
-                       export, "--layer", 1)
+    valid = [str(corpus["valid"])]
+    summary = label_corpus(valid, tmp_path / "out", k=4, features=str(export), layer=1)
     assert summary["features"]["dim"] == cfg.model.model_dim
     assert np.load(tmp_path / "out" / "centroids.npy").shape == (4, cfg.model.model_dim)
     with pytest.raises(EvalError, match="layer 9 does not exist; it has 4 layer outputs"):
-        run_tool(corpus["valid"], "--out", tmp_path / "o2", "--k", 4, "--features", export,
-                 "--layer", 9)
-    with pytest.raises(kmeans_labels.KMeansError, match="give --layer"):
-        run_tool(corpus["valid"], "--out", tmp_path / "o3", "--features", export)
+        label_corpus(valid, tmp_path / "o2", k=4, features=str(export), layer=9)
+    with pytest.raises(KMeansError, match="give --layer"):
+        label_corpus(valid, tmp_path / "o3", features=str(export))
 
 
-def test_too_few_frames_is_an_error_with_the_numbers(corpus, tmp_path, capsys):
-    code = kmeans_labels.main([str(corpus["valid"]), "--out", str(tmp_path), "--k", "100000"])
-    err = capsys.readouterr().err
-    assert code == 2
+def test_too_few_frames_is_an_error_with_the_numbers(corpus, tmp_path):
+    proc = subprocess.run([sys.executable, str(TOOL), str(corpus["valid"]), "--out", str(tmp_path),
+                           "--k", "100000"], capture_output=True, text=True)
+    err = proc.stderr
+    assert proc.returncode == 2, err
     assert "k-means on too few frames: k=100000 clusters but only" in err
     assert "from 3 readable samples of 1 shards" in err
 
@@ -143,7 +140,7 @@ def test_unreadable_shard_is_skipped_and_counted(corpus, tmp_path):
     for p in corpus["train"].parent.iterdir():
         (src / p.name).write_bytes(p.read_bytes())
     (src / "tr-000001.tar").write_bytes(b"not a tar" * 100)
-    summary = run_tool(src / "index.json", "--out", tmp_path / "out", "--k", 4)
+    summary = label_corpus([str(src / "index.json")], tmp_path / "out", k=4)
     assert summary["unreadable_shards"] == 1
     assert summary["written"] == {"shards": 2, "samples": 8,
                                   "frames": summary["written"]["frames"]}
@@ -152,5 +149,5 @@ def test_unreadable_shard_is_skipped_and_counted(corpus, tmp_path):
 
 
 def test_duplicate_shard_names_are_refused(corpus, tmp_path):
-    with pytest.raises(kmeans_labels.KMeansError, match="tr-000000.tar occurs 2 times"):
-        run_tool(corpus["train"], str(corpus["train"].parent / "tr-000000.tar"), "--out", tmp_path)
+    with pytest.raises(KMeansError, match="tr-000000.tar occurs 2 times"):
+        label_corpus([str(corpus["train"]), str(corpus["train"].parent / "tr-000000.tar")], tmp_path)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,11 @@ if shutil.which("espeak-ng") is None:
     pytest.skip("espeak-ng is needed to synthesize the corpora (apt-get install espeak-ng)",
                 allow_module_level=True)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import make_shards  # noqa: E402
-
 from tests.unit import corpus_layouts  # noqa: E402
 from tests.unit.test_make_shards import read_samples  # noqa: E402
 from wavlm_ds.data.audio import decode_audio  # noqa: E402
+from wavlm_ds.data.lhotse_io import CorpusError  # noqa: E402
+from wavlm_ds.data.shards import pack  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +42,7 @@ def shard_samples(out: Path) -> dict[str, tuple[dict, bytes]]:
 def test_recipe_keeps_every_label(recipe, corpora, tmp_path):
     root, expected = corpora[recipe]
     out = tmp_path / "shards"
-    assert make_shards.main(["--recipe", recipe, str(root), "--out", str(out), "--strict"]) == 0
+    assert not any(report["skipped"] for _, report in pack(root, out, recipe=recipe))
     samples = shard_samples(out)
     assert set(samples) == set(expected)
     for sup_id, want in expected.items():
@@ -61,7 +59,7 @@ def test_recipe_keeps_every_label(recipe, corpora, tmp_path):
 def test_voxpopuli_segments_cut_at_their_spans(corpora, tmp_path):
     """Two supervisions of one session: two samples whose segments are their spans."""
     root, _ = corpora["voxpopuli"]
-    make_shards.main(["--recipe", "voxpopuli", str(root), "--out", str(tmp_path / "o")])
+    pack(root, tmp_path / "o", recipe="voxpopuli")
     rows = [line.split("|") for line in
             gzip.open(root / "asr_en.tsv.gz", "rt").read().splitlines()[1:]]
     spans = {f"{r[8]}-{int(r[0].rsplit('_', 1)[1]) + 1}": (float(r[9]), float(r[10]))
@@ -73,7 +71,7 @@ def test_voxpopuli_segments_cut_at_their_spans(corpora, tmp_path):
 def manifests_of(tmp_path: Path, root: Path) -> tuple[Path, Path]:
     """Prepare LibriSpeech manifests; return its train recordings/supervisions files."""
     out = tmp_path / "prep"
-    make_shards.main(["--recipe", "librispeech", str(root), "--out", str(out)])
+    pack(root, out, recipe="librispeech")
     recs = out / "manifests" / "librispeech_recordings_train-clean-100.jsonl.gz"
     return recs, recs.with_name(recs.name.replace("recordings", "supervisions"))
 
@@ -97,7 +95,7 @@ def test_manifest_input_and_bad_entries_are_counted_skips(corpora, tmp_path):
 
     rewrite(sups, beyond_end)
     out = tmp_path / "out"
-    assert make_shards.main([str(recs), str(sups), "--out", str(out)]) == 0
+    pack(recs, out, supervisions=sups)
     report = json.loads((out / "report.json").read_text())
     reasons = {s["path"]: s["reason"] for s in report["skipped"]}
     assert len(reasons) == 2 and report["samples"] == 0
@@ -105,7 +103,7 @@ def test_manifest_input_and_bad_entries_are_counted_skips(corpora, tmp_path):
     assert "100-2000-0000.flac" in reasons["100-2000-0000/100-2000-0000"]
     assert "span [30.000, 32.000] s lies outside" in reasons["100-2000-0001/100-2000-0001"]
     # the recordings alone: unsupervised, packed whole, nothing lost
-    assert make_shards.main([str(recs), "--out", str(tmp_path / "u")]) == 0
+    pack(recs, tmp_path / "u")
     assert json.loads((tmp_path / "u" / "report.json").read_text())["samples"] == 1
 
 
@@ -115,48 +113,50 @@ def test_cutset_input(corpora, tmp_path):
     cuts = CutSet.from_manifests(RecordingSet.from_file(recs), SupervisionSet.from_file(sups))
     cuts.to_file(tmp_path / "cuts.jsonl.gz")
     out = tmp_path / "out"
-    assert make_shards.main([str(tmp_path / "cuts.jsonl.gz"), "--out", str(out)]) == 0
+    pack(tmp_path / "cuts.jsonl.gz", out)
     got = {m["supervision_id"]: m["transcript"] for m, _ in read_samples(out).values()}
     assert got == {k: v["transcript"] for k, v in corpora["librispeech"][1].items()
                    if k.startswith("100-")}
 
 
-def test_wrong_layout_is_an_error_naming_the_layout(corpora, tmp_path, capsys):
+def corpus_error(source: Path, out: Path, recipe: str) -> str:
+    with pytest.raises(CorpusError) as err:
+        pack(source, out, recipe=recipe)
+    return str(err.value)
+
+
+def test_wrong_layout_is_an_error_naming_the_layout(corpora, tmp_path):
     aishell_root = corpora["aishell"][0]
     hints = {"librispeech": "SPEAKER/CHAPTER/*.trans.txt", "commonvoice": "<lang>/clips",
              "voxpopuli": "raw_audios/en/<year>"}
     for recipe, hint in hints.items():
-        code = make_shards.main(["--recipe", recipe, str(aishell_root), "--out", str(tmp_path)])
-        err = capsys.readouterr().err
-        assert code == 2 and str(aishell_root) in err and hint in err, (recipe, err)
-    code = make_shards.main(["--recipe", "aishell", str(corpora["librispeech"][0]),
-                             "--out", str(tmp_path)])
-    assert code == 2 and "aishell_transcript_v0.8.txt" in capsys.readouterr().err
+        err = corpus_error(aishell_root, tmp_path, recipe)
+        assert str(aishell_root) in err and hint in err, (recipe, err)
+    err = corpus_error(corpora["librispeech"][0], tmp_path, "aishell")
+    assert "aishell_transcript_v0.8.txt" in err
 
 
-def test_voxpopuli_without_annotations_refuses_to_download(corpora, tmp_path, capsys):
+def test_voxpopuli_without_annotations_refuses_to_download(corpora, tmp_path):
     work = tmp_path / "vp"
     shutil.copytree(corpora["voxpopuli"][0], work)
     (work / "asr_en.tsv.gz").unlink()
-    assert make_shards.main(["--recipe", "voxpopuli", str(work), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
+    err = corpus_error(work, tmp_path / "o", "voxpopuli")
     assert "asr_en.tsv.gz: missing" in err and "dl.fbaipublicfiles.com" in err
 
 
-def test_undecodable_mp3_names_the_clip(corpora, tmp_path, capsys):
+def test_undecodable_mp3_names_the_clip(corpora, tmp_path):
     work = tmp_path / "cv"
     shutil.copytree(corpora["commonvoice"][0], work)
     bad = work / "en" / "clips" / "common_voice_en_1002.mp3"
     bad.write_bytes(b"\xff\xfb" + bytes(range(256)) * 8)
-    assert make_shards.main(["--recipe", "commonvoice", str(work), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
+    err = corpus_error(work, tmp_path / "o", "commonvoice")
     assert "common_voice_en_1002.mp3" in err and "remove or replace" in err
 
 
 def test_recipe_none_is_directory_mode(corpora, tmp_path):
     """Unlabelled audio (e.g. the conversational Chinese speech): plain directory mode."""
     root = corpora["aishell"][0]
-    assert make_shards.main(["--recipe", "none", str(root), "--out", str(tmp_path / "a")]) == 0
-    assert make_shards.main([str(root), "--out", str(tmp_path / "b")]) == 0
+    pack(root, tmp_path / "a", recipe="none")
+    pack(root, tmp_path / "b")
     assert (tmp_path / "a" / "index.json").read_text() == (tmp_path / "b" / "index.json").read_text()
     assert json.loads((tmp_path / "a" / "report.json").read_text())["samples"] == 6

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -10,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import make_shards  # noqa: E402
+from wavlm_ds.data.audio import decode_audio
+from wavlm_ds.data.index import verify_shards
+from wavlm_ds.data.shards import pack, safe_key, split_points
 
-from wavlm_ds.data.audio import decode_audio  # noqa: E402
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_shards.py"
 
 
 def tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
@@ -49,8 +51,7 @@ def read_samples(out: Path) -> dict[str, tuple[dict, bytes]]:
 def test_mixed_directory(tmp_path):
     expected = mixed_dir(tmp_path / "in")
     out = tmp_path / "out"
-    code = make_shards.main([str(tmp_path / "in"), "--out", str(out), "--max-samples-per-shard", "2"])
-    assert code == 0
+    pack(tmp_path / "in", out, max_samples=2)
     samples = read_samples(out)
     assert set(samples) == set(expected)
     for source, seconds in expected.items():
@@ -62,19 +63,32 @@ def test_mixed_directory(tmp_path):
     assert samples["b_8k.wav"][0]["orig_sample_rate"] == 8000
     report = json.loads((out / "report.json").read_text())
     assert sorted(s["path"] for s in report["skipped"]) == ["corrupt.flac", "empty.wav"]
-    assert make_shards.main([str(tmp_path / "in"), "--out", str(tmp_path / "o2"), "--strict"]) == 1
     index = out / "index.json"
-    assert make_shards.main(["--verify", str(index)]) == 0
+    assert verify_shards(index) == []
     shard = sorted(out.glob("*.tar"))[0]
     data = shard.read_bytes()
     shard.write_bytes(data[:-3000])  # truncated
-    assert make_shards.main(["--verify", str(index)]) == 1
+    assert verify_shards(index)
+
+
+def test_cli_exit_codes(tmp_path):
+    """--strict exits 1 when an input was skipped, --verify 1 on a damaged set."""
+    mixed_dir(tmp_path / "in")
+    out = tmp_path / "out"
+    strict = subprocess.run([sys.executable, str(TOOL), str(tmp_path / "in"), "--out", str(out),
+                             "--strict"], capture_output=True, text=True)
+    assert strict.returncode == 1 and "skipped corrupt.flac" in strict.stdout, strict.stderr
+    shard = sorted(out.glob("*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:-3000])
+    verify = subprocess.run([sys.executable, str(TOOL), "--verify", str(out / "index.json")],
+                            capture_output=True, text=True)
+    assert verify.returncode == 1 and shard.name in verify.stdout, verify.stdout
 
 
 def test_clean_cut_at_member_boundary_fails_verify(tmp_path):
     mixed_dir(tmp_path / "in")
     out = tmp_path / "out"
-    make_shards.main([str(tmp_path / "in"), "--out", str(out)])
+    pack(tmp_path / "in", out)
     shard = sorted(out.glob("*.tar"))[0]
     with tarfile.open(shard) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()][:-2]  # drop a sample
@@ -83,7 +97,6 @@ def test_clean_cut_at_member_boundary_fails_verify(tmp_path):
         for m, data in members:
             tar.addfile(m, io.BytesIO(data))
     shard.write_bytes(buf.getvalue())
-    from wavlm_ds.data.index import verify_shards
     problems = verify_shards(out / "index.json")
     assert any("samples readable" in p for p in problems)
 
@@ -94,7 +107,7 @@ def test_long_recording_split_in_silences(tmp_path):
     for seconds in (25, 27, 10):  # each gap lies in the 5 s searched before the 30 s limit
         pieces += [tone(seconds, rate), np.zeros(rate // 2)]
     wav = np.concatenate(pieces)
-    cuts = make_shards.split_points(wav.astype(np.float32), 30 * rate)
+    cuts = split_points(wav.astype(np.float32), 30 * rate)
     bounds = [0, *cuts, len(wav)]
     assert all(b - a <= 30 * rate for a, b in zip(bounds, bounds[1:]))
     for cut in cuts:  # every cut falls inside a silent gap
@@ -110,14 +123,14 @@ def test_manifest_names_cannot_escape_output(tmp_path):
             {"path": str(tmp_path / "in" / "x.wav"), "speaker": "../../root/.ssh/id"}]
     manifest.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "out"
-    make_shards.main([str(manifest), "--out", str(out)])
+    pack(manifest, out)
     written = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()}
     assert all(str(p).startswith(str(tmp_path)) for p in written)
     for tar_path in out.glob("*.tar"):
         with tarfile.open(tar_path) as tar:
             for name in tar.getnames():
                 assert "/" not in name and ".." not in name
-    assert make_shards.safe_key("../../etc/passwd", 0).count(".") == 0
+    assert safe_key("../../etc/passwd", 0).count(".") == 0
 
 
 def test_report_reasons_are_reproducible(tmp_path):
@@ -128,7 +141,7 @@ def test_report_reasons_are_reproducible(tmp_path):
     sf.write(tmp_path / "in" / "ok.wav", tone(1.0, 16000), 16000)
     reports = []
     for _ in range(2):
-        make_shards.main([str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+        pack(tmp_path / "in", tmp_path / "out")
         reports.append((tmp_path / "out" / "report.json").read_text())
     assert reports[0] == reports[1]
     (skip,) = json.loads(reports[0])["skipped"]

@@ -10,9 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wavlm_ds.config import ModelConfig
 from wavlm_ds.model import WavLMEncoder
-from wavlm_ds.model.flops import forward_flops
+from wavlm_ds.model.flops import forward_flops, parameter_count
 from wavlm_ds.ops.span_mask import span_mask
-from wavlm_ds.presets import get_preset, preset_table
+from wavlm_ds.presets import PRESETS, get_preset, preset_table
 
 TINY = dataclasses.replace(get_preset("debug"), dropout=0.0, attention_dropout=0.0,
                            layerdrop=0.0, attention_impl="reference")
@@ -95,6 +95,15 @@ def test_flops_match_flop_counter(preset, frames):
         model(torch.randn(2, frames, 80), torch.tensor([frames, frames]))
     measured = counter.get_total_flops()
     assert abs(measured / forward_flops(cfg, frames, 2) - 1) < 0.03
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("pos_conv_layer_norm", [False, True])
+def test_parameter_count_equals_numel(preset, pos_conv_layer_norm):
+    cfg = dataclasses.replace(get_preset(preset), pos_conv_layer_norm=pos_conv_layer_norm)
+    with torch.device("meta"):
+        numel = sum(p.numel() for p in WavLMEncoder(cfg).parameters())
+    assert parameter_count(cfg) == numel
 
 
 def test_presets_and_large_plus_size():

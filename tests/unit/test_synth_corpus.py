@@ -2,22 +2,19 @@
 from __future__ import annotations
 
 import json
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import synth_corpus  # noqa: E402
-
-from wavlm_ds.data.audio import decode_audio  # noqa: E402
-from wavlm_ds.data.index import verify_shards  # noqa: E402
+from wavlm_ds.data.audio import decode_audio
+from wavlm_ds.data.index import verify_shards
+from wavlm_ds.data.synth import synth_corpus
 
 
 @pytest.mark.slow
 def test_tiny_corpus_builds_offline(tmp_path):
-    assert synth_corpus.main(["--out", str(tmp_path), "--utterances", "24", "--noise", "3"]) == 0
+    summary = synth_corpus(tmp_path, utterances=24, noise=3)
+    assert sum(r["samples"] for r in summary.values()) == 24
     speakers = {}
     for split in ("train", "validation", "test"):
         assert verify_shards(tmp_path / split / "index.json") == []

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from wavlm_ds.eval import EvalError
-from wavlm_ds.eval.metrics import (ErrorCounts, char_errors, normalize_phonemes,
+from wavlm_ds.eval.metrics import (ErrorCounts, bootstrap_ratio, char_errors, normalize_phonemes,
                                    normalize_text, word_errors)
 from wavlm_ds.eval.probe import ProbeSettings, build_probe, predict, train_probe
 from wavlm_ds.eval.upstream import Features
@@ -109,3 +109,10 @@ def run_asr(train: Features, train_texts: Sequence[str], test: Features,
     hyps = [tok.decode(greedy_decode(o)) for o in outs]
     return AsrResult(refs, hyps, word_errors(refs, hyps), char_errors(refs, hyps),
                      probe.mix.weights(), curve, tok.symbols[1:], int(too_short))
+
+
+def asr_metrics(res: AsrResult, resamples: int, seed: int) -> dict:
+    """WER and CER of a probe run with their bootstrap intervals over test utterances."""
+    return {name: bootstrap_ratio(c.errors, c.ref_len, resamples=resamples, seed=seed,
+                                  what=name.upper()).as_dict()
+            for name, c in (("wer", res.words), ("cer", res.chars))}

@@ -19,6 +19,17 @@ from wavlm_ds.eval.upstream import Upstream, load_upstream
 Exporter = Callable[[Path, Path], Path]
 
 
+def export_live(src: Path, out: Path) -> Path:
+    """A run dir / ZeRO checkpoint -> an export dir: the exporter the eval tools hand to
+    load_upstream (imported here, when needed, because it pulls in DeepSpeed)."""
+    from wavlm_ds.export import ExportError, export_model, resolve_checkpoint
+    try:
+        return export_model(resolve_checkpoint(src), out)
+    except ExportError as err:
+        raise EvalError(f"upstream {src}: no model.safetensors (not an export) and not a usable "
+                        f"checkpoint either: export: {err}") from None
+
+
 def add_data_args(p: argparse.ArgumentParser, train: str | None, test: str | None) -> None:
     g = p.add_argument_group("data (any labelled shard set from tools/make_shards.py)")
     g.add_argument("--train", default=train, required=train is None,

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import parselmouth
 
+from wavlm_ds.eval import EvalError
+
 SR = 16000
 
 
@@ -139,3 +141,17 @@ def tracker_self_check(cfg: TrackerConfig = TrackerConfig(), sr: int = SR,
             "vuv_error": float(np.mean((true[away] > 0) != (f0[away] > 0))),
             "frames": int(both.sum())}
     return report
+
+
+TRACKER_BOUND_CENTS = 15.0  # measured worst case ~7.5 cents (5 Hz vibrato), see the test
+
+
+def checked_tracker(cfg: TrackerConfig, bound_cents: float = TRACKER_BOUND_CENTS) -> dict:
+    """Run the synthetic-tone self-check; refuse a tracker setting that fails it."""
+    check = tracker_self_check(cfg)
+    worst = max(r["rmse_cents"] for r in check.values())
+    if worst > bound_cents:
+        raise EvalError(f"pitch tracker self-check failed: RMSE {worst:.1f} cents > "
+                        f"{bound_cents} on synthetic tones ({check}); check "
+                        "--floor-hz/--ceiling-hz")
+    return check

@@ -16,7 +16,7 @@ import torch
 
 from wavlm_ds.config import ConfigError
 from wavlm_ds.hub.hf.modeling_wavlm_ds import WavLMDSConfig, WavLMDSModel
-from wavlm_ds.ops.logmel import _constants
+from wavlm_ds.ops.mel_constants import mel_constants
 from wavlm_ds.pretrained import load_pretrained
 
 
@@ -39,7 +39,7 @@ def build_hf_model(export_dir: Path) -> WavLMDSModel:
         raise ConfigError(f"{export_dir}: the encoder does not fit the transformers model "
                           f"(missing {missing[:5]}, unexpected {unexpected[:5]}); "
                           "wavlm_ds/hub/hf/modeling_wavlm_ds.py must follow wavlm_ds/model/")
-    window, fb, _ = _constants(cfg.data.logmel_mode, torch.device("cpu"))
+    window, fb, _ = mel_constants(cfg.data.logmel_mode, torch.device("cpu"))
     model.logmel.window.copy_(window)
     model.logmel.mel_fb.copy_(fb)
     return model

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from wavlm_ds.config import ModelConfig
+from wavlm_ds.model.config import ModelConfig
 from wavlm_ds.ops.attention import BlockMask, gated_bias_attention
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from wavlm_ds.config import ModelConfig
+from wavlm_ds.model.config import ModelConfig
 from wavlm_ds.model.attention import GatedRelPosAttention, RelativePositionTable
 from wavlm_ds.model.frontend import FrontEnd, encoder_lengths
 from wavlm_ds.ops.attention import BlockMask, choose_impl, flex_block_mask

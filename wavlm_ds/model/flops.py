@@ -14,7 +14,25 @@ FLOPs / peak; HFU is hardware FLOPs / peak.
 """
 from __future__ import annotations
 
-from wavlm_ds.config import ModelConfig
+from wavlm_ds.model.config import ModelConfig
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters of `WavLMEncoder(cfg)` (front end included, objective heads not), counted
+    from the shapes: equal to the module's numel (tests/unit/test_model.py, every preset)."""
+    D, Fd, H = cfg.model_dim, cfg.ffn_dim, cfg.num_heads
+    norm = 2 * D  # LayerNorm weight + bias
+    frontend = (cfg.num_mel_bins  # mask embedding
+                + cfg.frame_stack * cfg.num_mel_bins * cfg.frontend_dim + cfg.frontend_dim
+                + 2 * cfg.frontend_dim  # its LayerNorm
+                + cfg.frontend_dim * D + D)
+    # weight norm over the kernel dim: direction v (D, D / groups, K), magnitude g (K,), bias
+    pos_conv = D * (D // cfg.conv_pos_groups) * cfg.conv_pos_kernel + cfg.conv_pos_kernel + D
+    block = (2 * norm + 3 * D * D + 3 * D + D * D + D  # norms, QKV, out projection
+             + cfg.head_dim * 8 + 8 + H  # gate linear, gate constants
+             + D * Fd + Fd + Fd * D + D)  # FFN
+    return (frontend + pos_conv + (norm if cfg.pos_conv_layer_norm else 0)
+            + cfg.num_buckets * H + cfg.num_layers * block + norm)
 
 
 def encoder_frames(num_input_frames: int, frame_stack: int) -> int:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wavlm_ds.config import ModelConfig
+from wavlm_ds.model.config import ModelConfig
 
 
 def stack_frames(x: torch.Tensor, stride: int) -> torch.Tensor:

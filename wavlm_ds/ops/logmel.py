@@ -34,14 +34,11 @@ mel, log in one pass).
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from wavlm_ds.ops.checks import assert_on_device
+from wavlm_ds.ops.mel_constants import HOP, HTK_FLOOR, N_MELS, WIN, mel_constants
 
-SAMPLE_RATE, WIN, HOP, N_MELS = 16000, 400, 160, 80
-HTK_FLOOR = 1e-10
 NORM_EPS = 1e-5
 
 
@@ -53,25 +50,6 @@ def num_frames(lengths: torch.Tensor, mode: str = "htk") -> torch.Tensor:
         return torch.where(lengths >= WIN, 1 + torch.div(lengths - WIN, HOP, rounding_mode="floor"),
                            torch.zeros_like(lengths))
     raise ValueError(f"mode={mode!r}: use 'htk' or 'kaldi'")
-
-
-@functools.lru_cache(maxsize=8)
-def _constants(mode: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(window (400,), mel filterbank (n_fft//2 + 1, 80), n_fft) for a mode, cached per device."""
-    import torchaudio
-
-    if mode == "htk":
-        window = torch.hann_window(WIN, periodic=True, dtype=torch.float64)
-        fb = torchaudio.functional.melscale_fbanks(WIN // 2 + 1, 0.0, SAMPLE_RATE / 2, N_MELS,
-                                                   SAMPLE_RATE, norm=None, mel_scale="htk")
-        n_fft = WIN
-    else:
-        window = torch.hann_window(WIN, periodic=False, dtype=torch.float64).pow(0.85)
-        bins, _ = torchaudio.compliance.kaldi.get_mel_banks(N_MELS, 512, float(SAMPLE_RATE),
-                                                            20.0, 0.0, 100.0, -500.0, 1.0)
-        fb = torch.nn.functional.pad(bins, (0, 1)).T  # (257, 80)
-        n_fft = 512
-    return window.float().to(device), fb.float().to(device), n_fft
 
 
 def _check(audio: torch.Tensor, lengths: torch.Tensor, mode: str) -> None:
@@ -144,7 +122,7 @@ def _log_mel_htk_fast(audio: torch.Tensor, lengths: torch.Tensor,
     with per-row reflection and overwrite their slots, so samples past a row's length
     never reach its valid frames.
     """
-    window, fb, _ = _constants("htk", audio.device)
+    window, fb, _ = mel_constants("htk", audio.device)
     B, S = audio.shape
     T = 1 + S // HOP
     out = audio.new_empty(B, T, N_MELS)
@@ -166,7 +144,7 @@ def _log_mel_htk_fast(audio: torch.Tensor, lengths: torch.Tensor,
 
 def mel_power(frames: torch.Tensor, mode: str = "htk") -> torch.Tensor:
     """Frames (..., 400) -> mel power (..., 80): window, rfft, re*re + im*im, mel matmul."""
-    window, fb, n_fft = _constants(mode, frames.device)
+    window, fb, n_fft = mel_constants(mode, frames.device)
     if mode == "kaldi":
         frames = frames - frames.mean(dim=-1, keepdim=True)  # remove DC offset
         prev = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)

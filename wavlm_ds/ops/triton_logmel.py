@@ -19,14 +19,14 @@ import functools
 
 import torch
 
+from wavlm_ds.ops.mel_constants import HOP, N_BINS, N_MELS, WIN, mel_constants
+
 try:
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - triton ships with torch on Linux
     triton = None
 
-WIN, HOP, N_MELS, N_BINS = 400, 160, 80, 201
-FLOOR = 1e-10
 
 
 def available() -> bool:
@@ -74,9 +74,7 @@ if triton is not None:
 @functools.lru_cache(maxsize=4)
 def _basis(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Windowed DFT basis (400, 201) cos and sin, and the htk mel filterbank (201, 80)."""
-    from wavlm_ds.ops.logmel import _constants
-
-    window, fb, _ = _constants("htk", device)
+    window, fb, _ = mel_constants("htk", device)
     k = torch.arange(WIN, dtype=torch.float64)[:, None]
     f = torch.arange(N_BINS, dtype=torch.float64)[None, :]
     angle = 2 * torch.pi * ((k * f) % WIN) / WIN  # exact phase: k*f mod N before scaling
