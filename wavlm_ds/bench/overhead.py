@@ -15,6 +15,7 @@ from wavlm_ds import engine as E
 from wavlm_ds.bench.timing import interleaved
 from wavlm_ds.config import load_config
 from wavlm_ds.launch import ROOT
+from wavlm_ds.numerics import check_run
 
 
 def make_inputs(cfg, micro: int, accum: int, seconds: float) -> list[tuple]:
@@ -86,6 +87,10 @@ def measure_overhead(preset: str, seconds: float, micro: int, accum: int, steps:
     cfg = load_config(None, [f"model.preset={preset}", "model.dropout=0.0",
                              "model.layerdrop=0.0", "model.attention_dropout=0.0"])
     inputs = make_inputs(cfg, micro, accum, seconds)
+    numerics = check_run(cfg.model, micro, int(seconds * 100), torch.bfloat16,
+                         torch.device("cpu"))  # both loops run bf16: a wrong kernel stops here
+    print(f"[bench] {numerics.summary()}", flush=True)
+    numerics.raise_if_failed()
     torch.manual_seed(0)
     loops = {"bare": bare_step(cfg, inputs, accum)}
     torch.manual_seed(0)
@@ -94,7 +99,7 @@ def measure_overhead(preset: str, seconds: float, micro: int, accum: int, steps:
     bare, ds = times["bare"], times["deepspeed"]
     result = {"preset": preset, "micro": micro, "accum": accum, "seconds_per_row": seconds,
               "bare_median_s": statistics.median(bare), "deepspeed_median_s": statistics.median(ds),
-              "bare_s": bare, "deepspeed_s": ds}
+              "bare_s": bare, "deepspeed_s": ds, "numerics_check": numerics.summary()}
     result["ratio"] = result["deepspeed_median_s"] / result["bare_median_s"]
     result["median_pair_ratio"] = statistics.median(d / b for d, b in zip(ds, bare))
     return result

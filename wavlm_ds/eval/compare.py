@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from wavlm_ds.config import load_config
 from wavlm_ds.eval import EvalError, cli
 from wavlm_ds.eval.asr import FIELD
 from wavlm_ds.eval.data import label_texts
@@ -66,13 +67,15 @@ def second_iteration_labels(first_export: str, corpus: Path, labels: Path, k: in
     return {"features": first_export, "layer": layer, "num_layers": num_layers, "k": k}
 
 
-def demo_ds_config(out: Path) -> Path:
-    """ds_configs/cpu_smoke.json with the precision this CPU computes natively (as the demo)."""
+def demo_ds_config(out: Path, corpus_set: list[str]) -> Path:
+    """ds_configs/cpu_smoke.json in the precision `auto` picks for the demo encoder on this
+    CPU (as the demo: wavlm_ds/precision.py)."""
     path = out / "ds_config.json"
     if not path.is_file():
-        precision = choose_cpu_precision("auto")
-        print(f"[compare] precision {precision.dtype}: {precision.reason}", flush=True)
         ds = json.loads((ROOT / "ds_configs" / "cpu_smoke.json").read_text())
+        cfg = load_config(ROOT / "configs" / "demo.yaml", corpus_set)
+        precision = choose_cpu_precision("auto", cfg, ds["train_micro_batch_size_per_gpu"])
+        print(f"[compare] precision {precision.dtype}: {precision.reason}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(apply_precision(ds, precision), indent=2))
     return path
@@ -85,7 +88,8 @@ def pretrain(name: str, corpus_set: list[str], out: Path, labels: Path, k: int) 
     if not (export_dir / "model.safetensors").is_file():
         overrides = [*corpus_set, "logging.progress_bar=false",
                      *objective_overrides(name, labels, k)]
-        cmd = train_command(ROOT / "configs" / "demo.yaml", demo_ds_config(out), run_dir, overrides)
+        cmd = train_command(ROOT / "configs" / "demo.yaml", demo_ds_config(out, corpus_set), run_dir,
+                            overrides)
         print(f"[compare] {name}: $", " ".join(cmd), f"  (log: {run_dir / 'train.log'})", flush=True)
         start = time.time()
         code = run_training(cmd, run_dir / "train.log")
