@@ -1,6 +1,7 @@
 """Time each op of wavlm_ds.ops against what users would otherwise run, in one run.
 
-usage: python tools/bench_ops.py [--only logmel,mask,attention] [--repeats 7] [--threads 1]
+usage: python tools/bench_ops.py [--only logmel,mask,attention,attention_small,pos_conv]
+                                 [--repeats 7] [--threads 1]
                                  [--device cpu|cuda] [--json runs/bench_ops.json]
 
 --device cuda times the same ops on the GPU (each call between two synchronizations, CUDA

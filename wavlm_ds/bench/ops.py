@@ -3,7 +3,7 @@
 CPU: log-Mel against torchaudio and two floors, the span masker against fairseq's numpy
 masking (bench/baselines.py), the attention paths' time and peak memory at T = 800 (one
 subprocess per variant), and the block loop against the explicit-bias math at the demo's
-sizes. CUDA: log-Mel (torch.stft path, Triton, torchaudio), the masker and attention
+sizes, and the positional conv's bf16 options. CUDA: log-Mel (torch.stft path, Triton, torchaudio), the masker and attention
 fwd + bwd in bf16 with torch.cuda.max_memory_allocated above the inputs.
 """
 from __future__ import annotations
@@ -17,9 +17,10 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from wavlm_ds.bench.baselines import fairseq_compute_mask_indices
-from wavlm_ds.bench.timing import cuda_time, one_at_a_time, timeit
+from wavlm_ds.bench.timing import cuda_time, interleaved, one_at_a_time, timeit
 from wavlm_ds.memory import LiveBytes
 from wavlm_ds.ops.attention import (attention_reference, flex_block_mask, flex_gated_attention,
                                     sdpa_gated_attention)
@@ -187,6 +188,64 @@ def bench_cuda(repeats: int) -> dict:
     return out
 
 
+def _conv_unfold_bmm(x, w, b, pad: int, groups: int) -> torch.Tensor:
+    """A grouped conv1d as unfold + one batched matmul per group (no conv kernel at all)."""
+    B, C, _ = x.shape
+    out_ch, per_group, k = w.shape
+    cols = F.pad(x, (pad, pad)).unfold(2, k, 1)  # (B, C, T_out, k)
+    T_out = cols.shape[2]
+    cols = cols.reshape(B, groups, per_group, T_out, k).permute(1, 0, 3, 2, 4)
+    y = torch.bmm(cols.reshape(groups, B * T_out, per_group * k),
+                  w.reshape(groups, out_ch // groups, per_group * k).transpose(1, 2))
+    return y.reshape(groups, B, T_out, -1).permute(1, 0, 3, 2).reshape(B, out_ch, T_out) + \
+        b[None, :, None]
+
+
+def bench_pos_conv(repeats: int) -> dict:
+    """The positional conv's correct bf16 options on CPU (model.encoder.ConvPositionalEmbedding
+    picked fp32), forward + backward from bf16 inputs, interleaved, with each one's relative
+    error against fp32: the demo's shape and large_plus's."""
+    out = {}
+    options = {
+        "native bf16 (oneDNN; wrong on AMX at <= 12 channels/group)":
+            lambda x, w, b, p, g: F.conv1d(x, w, b, padding=p, groups=g),
+        "fp32 and cast back (chosen)": lambda x, w, b, p, g: F.conv1d(
+            x.float(), w.float(), b.float(), padding=p, groups=g).to(x.dtype),
+        "unfold + bmm": _conv_unfold_bmm,
+        "oneDNN off": _conv_mkldnn_off}
+    for label, (C, groups, k, B, T) in {"demo 96/8, k 32, 4 x 300": (96, 8, 32, 4, 300),
+                                        "large_plus 1280/16, k 128, 1 x 800":
+                                            (1280, 16, 128, 1, 800)}.items():
+        g = torch.Generator().manual_seed(0)
+        x0 = torch.randn(B, C, T, generator=g)
+        w0 = torch.randn(C, C // groups, k, generator=g) / (C // groups * k) ** 0.5
+        b0 = 0.1 * torch.randn(C, generator=g)
+        ref = F.conv1d(x0, w0, b0, padding=k // 2, groups=groups)
+        args = [t.to(torch.bfloat16).requires_grad_() for t in (x0, w0, b0)]
+        fns = {name: (lambda fn=fn: fn(*args, k // 2, groups).float().sum().backward())
+               for name, fn in options.items()}
+        times = interleaved(fns, repeats, warmup=1)
+        with torch.no_grad():
+            errors = {name: float((fn(*args, k // 2, groups).float() - ref).norm() / ref.norm())
+                      for name, fn in options.items()}
+        out[label] = {name: {"median_s": statistics.median(times[name]), "rel_error": errors[name]}
+                      for name in options}
+    return {"shape": "bf16 inputs, fwd+bwd, interleaved", "results": out}
+
+
+def _conv_mkldnn_off(x, w, b, pad: int, groups: int) -> torch.Tensor:
+    with torch.backends.mkldnn.flags(enabled=False):
+        return F.conv1d(x, w, b, padding=pad, groups=groups)
+
+
+def print_pos_conv(r: dict) -> None:
+    for label, rows in r["results"].items():
+        print(f"\npositional conv, {label}, {r['shape']}\n| option | median s | rel. error vs"
+              " fp32 |\n|---|---|---|")
+        for name, x in rows.items():
+            print(f"| {name} | {x['median_s']:.4f} | {x['rel_error']:.4f} |")
+
+
 def print_alone(alone: dict[str, dict[str, float]], baseline: str) -> None:
     base = alone[baseline]["median_s"]
     print("\none variant at a time\n| variant | median s | x faster | page faults per call |"
@@ -237,12 +296,14 @@ def print_attention_small(r: dict) -> None:
 
 
 def run_cpu(only: list[str], repeats: int, threads: int) -> dict:
-    """The CPU benchmarks named in `only` (logmel, mask, attention, attention_small), each
+    """The CPU benchmarks named in `only` (logmel, mask, attention, attention_small,
+    pos_conv), each
     printed as a table when it ends; the results by name."""
     sections = {"logmel": (lambda: bench_logmel(repeats), print_logmel),
                 "mask": (lambda: bench_mask(repeats), print_mask),
                 "attention": (lambda: bench_attention(threads), print_attention),
-                "attention_small": (lambda: bench_attention_small(repeats), print_attention_small)}
+                "attention_small": (lambda: bench_attention_small(repeats), print_attention_small),
+                "pos_conv": (lambda: bench_pos_conv(repeats), print_pos_conv)}
     result: dict = {"threads": threads}
     for name, (run, report) in sections.items():
         if name in only:

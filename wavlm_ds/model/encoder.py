@@ -52,9 +52,10 @@ class ConvPositionalEmbedding(nn.Module):
     groups, kernel 32 is in that region); it is right at 16+ channels per group (large_plus:
     64, kernel 128), with an odd kernel at 12, and with oneDNN off (SPEC.md, CPU precision
     facts, torch 2.11.0). AVX2 and AVX512-BF16 CPUs without AMX do not reproduce it. Of the
-    correct options, fp32 measured fastest on CPU (AMD EPYC, AVX512-BF16, no AMX, 1 thread,
-    bf16 input, forward + backward, demo shape B 4 x T 300 x 96: fp32 9.4 ms, native bf16
-    8.7, unfold + bmm 33.5, oneDNN off 53.5; large_plus shape: 1.38 s, 0.74, 1.75, 20.8).
+    correct options, fp32 measured fastest on CPU (`python tools/bench_ops.py --only pos_conv`,
+    AMD EPYC with AVX512-BF16, no AMX, 1 thread, bf16 inputs, forward + backward; demo shape
+    B 4 x T 300 x 96: fp32 12.6 ms, unfold + bmm 35.7, oneDNN off 60.3, native bf16 13.6;
+    large_plus shape 1 x 800 x 1280: 1.78 s, 2.29, 22.9, native 1.02: BENCHMARKS.md).
     CUDA keeps the conv in the input's dtype (cuDNN; checked by wavlm_ds.numerics at start).
     """
 
