@@ -26,18 +26,18 @@ from wavlm_ds import shm
 from wavlm_ds.checkpoint import CheckpointError, SafeCheckpointEngine
 from wavlm_ds.config import ConfigError, RunConfig, SourceConfig
 from wavlm_ds.data import TrainLoader, mix_utterances
-from wavlm_ds.data.pipeline import hash_seed
 from wavlm_ds.faults import injected_poison
 from wavlm_ds.model import WavLMEncoder
 from wavlm_ds.model.compile import compile_blocks, compile_support_problem
 from wavlm_ds.model.encoder import draw_layerdrop
 from wavlm_ds.model.flops import micro_batch_flops
+from wavlm_ds.objectives import PretrainModel, build_objective
 from wavlm_ds.ops import gpu_gate
 from wavlm_ds.ops.attention import choose_impl
-from wavlm_ds.objectives import PretrainModel, build_objective
 from wavlm_ds.ops.logmel import log_mel, normalize_per_segment, num_frames, window_samples
 from wavlm_ds.ops.logmel import resolve_impl as resolve_logmel
 from wavlm_ds.ops.span_mask import fairseq_span_mask, span_mask
+from wavlm_ds.seeding import hash_seed
 
 # Stream names keep generators of different purposes independent for the same step.
 MASK, MIX, LAYERDROP, EVAL_MASK, DROPOUT, OBJECTIVE, NOISE = 1, 2, 3, 4, 5, 6, 7

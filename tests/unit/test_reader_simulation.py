@@ -20,7 +20,7 @@ from wavlm_ds.config import DataConfig, SourceConfig
 from wavlm_ds.data import TrainLoader
 from wavlm_ds.data.index import ShardInfo, write_index
 from wavlm_ds.data.loader import assign_slots
-from wavlm_ds.data.pipeline import hash_seed
+from wavlm_ds.seeding import hash_seed
 
 RANKS, WORKERS, BATCH, SHARDS = 128, 8, 4, 10_240
 

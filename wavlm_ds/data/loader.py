@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from wavlm_ds.config import ConfigError, DataConfig
 from wavlm_ds.data.io import redact
-from wavlm_ds.data.pipeline import (Replay, Sample, Slot, collate, decode_crop, hash_seed,
-                                    read_samples, replay_shard)
+from wavlm_ds.data.pipeline import (Replay, Sample, Slot, collate, decode_crop, read_samples,
+                                    replay_shard)
 from wavlm_ds.data.sample_index import load_sample_index
 from wavlm_ds.data.spec import Shard, expand_spec
+from wavlm_ds.seeding import hash_seed
 
 log = logging.getLogger(__name__)
 REINDEX_FIX = "python tools/make_shards.py --reindex DIR/index.json (adds sample indexes)"

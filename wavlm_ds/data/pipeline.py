@@ -35,7 +35,6 @@ naming the fix (`tools/make_shards.py --reindex DIR/index.json`).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import tarfile
@@ -51,18 +50,13 @@ from wavlm_ds.data.audio import AudioError, check_waveform, decode_audio, to_mon
 from wavlm_ds.data.io import open_shard, read_range, redact
 from wavlm_ds.data.sample_index import SampleEntry, parse_duration, split_name
 from wavlm_ds.data.spec import Shard
+from wavlm_ds.seeding import hash_seed
 
 log = logging.getLogger(__name__)
 SR = 16000
 CROP_ALIGN = 320  # crop offsets on 20 ms boundaries, so frame-rate labels crop exactly
 LABEL_TOLERANCE = 2  # label-count disagreement (frames) still accepted, padded with -1
 AUDIO_EXTS = ("flac", "wav")
-
-
-def hash_seed(*keys: object) -> int:
-    """A 64-bit seed hashed from keys (e.g. seed, epoch, rank, worker): no correlated
-    neighbours, the same in every process. The one seed mixer of the project."""
-    return int.from_bytes(hashlib.blake2b(repr(keys).encode(), digest_size=8).digest(), "little")
 
 
 @dataclass
