@@ -119,7 +119,8 @@ def activation_bytes(m: ModelConfig, micro: int, num_input_frames: int, act_byte
     fused dropout: 1 byte per element; CPU's composite dropout: s), the attention
     log-sum-exp (fp32), gate and gate sigmoids ~4 bHT, LayerNorm statistics (fp32) 4 bT.
     Outside the blocks: the masked, stacked input b T_in 80, the front end's linear, GELU and
-    norm 3 bT fe, the positional convolution, its weight-normed kernel and the norms 6 bTd,
+    norm 3 bT fe, the positional convolution, its weight-normed kernel and the norms 6 bTd
+    (on CPU in bf16 the conv runs in fp32: its input and kernel kept in fp32, v too),
     and the reconstruction head's fp32 error b T_in 80.
     Backward (the peak is at the top block): the FFN's backward with the whole block saved
     (+ two bTf gradients), then attention's with the FFN part freed: on CUDA the q, k, v
@@ -145,9 +146,11 @@ def activation_bytes(m: ModelConfig, micro: int, num_input_frames: int, act_byte
     if m.attention_dropout > 0:  # the reference path: explicit (B, H, T, T) scores and bias
         block += b * H * T * T * (3 * s + mask_b)
     pos_kernel = d * (d // m.conv_pos_groups) * m.conv_pos_kernel
+    # the positional conv on CPU in bf16 computes in fp32 (model.encoder): it keeps the
+    # fp32 input, the fp32 v and the fp32 weight-normed kernel instead of the s-byte kernel
+    pos_conv = s * pos_kernel if cuda or s == 4 else 4 * (2 * pos_kernel + bT * d)
     outside = (s * b * T_in * m.num_mel_bins + s * bT * fe * 3 + s * bT * d * 6
-               + mask_b * bT * d * 2 * drop + 4 * b * T_in * m.num_mel_bins
-               + s * pos_kernel)
+               + mask_b * bT * d * 2 * drop + 4 * b * T_in * m.num_mel_bins + pos_conv)
     ffn_part = s * bT * f * (2 + act_drop) + mask_b * bT * (f * act_drop + d * drop) + 2 * s * bT * d
     if cuda:
         attn_transient = 4 * s * bT * d
