@@ -49,6 +49,7 @@ from wavlm_ds.jsonio import write_json_atomic
 from wavlm_ds.metrics import device_peak_tflops, mfu
 from wavlm_ds.model import WavLMEncoder
 from wavlm_ds.model.flops import forward_flops
+from wavlm_ds.prebuild_ops import warn_if_jit_build
 from wavlm_ds.precision import apply_precision, choose_cpu_precision
 
 SR = 16000
@@ -339,6 +340,7 @@ def setup(args: argparse.Namespace) -> tuple:
     rank, world, local_rank = E.dist_env()
     device = E.training_device(local_rank)
     E.check_device_config(cfg, device)
+    warn_if_jit_build(device, point_ds_config(ds, 1, world, args.torch_adam), rank)
     cfg, paths = E.resolve_fast_paths(cfg, device)
     E.init_distributed(cfg.training.process_group_timeout_s)
     torch.manual_seed(rank)
