@@ -25,7 +25,7 @@ def option_values(command: list[str], flag: str) -> list[str]:
 
 
 def test_plan_order_budget_and_the_eager_stage_really_eager(tmp_path):
-    stages = G.plan(tmp_path, dry_run=False)
+    stages = G.plan(tmp_path, dry_run=False, cache=G.GPU_CACHE)
     assert [s.name for s in stages] == list(G.STAGES) == [
         "wheels", "prebuild_ops", "selftest_sdpa", "eager", "compiled", "selftest_flex",
         "sweep", "bucketed", "ops"]
@@ -42,6 +42,17 @@ def test_plan_order_budget_and_the_eager_stage_really_eager(tmp_path):
     assert option_values(by["selftest_sdpa"], "--only") == ["sdpa"]
     assert [s.name for s in stages if s.uses_optimizer] == ["eager", "compiled", "sweep", "bucketed"]
     assert all(s.result_json is None or s.result_json.parent == tmp_path for s in stages)
+    assert str(G.GPU_CACHE / "site") in by["wheels"]  # kept for a second call on a warm machine
+
+
+def test_only_runs_the_chosen_stages_and_their_prerequisites(tmp_path):
+    stages = G.plan(tmp_path, dry_run=True, cache=tmp_path)
+    G.select(stages, ["compiled", "ops"])
+    assert [s.name for s in stages if s.status == "pending"] == [
+        "wheels", "prebuild_ops", "compiled", "ops"]
+    assert all(s.last_lines == ["not selected (--only)"] for s in stages if s.status == "skipped")
+    with pytest.raises(SystemExit, match="no such stage; stages: wheels"):
+        G.select(stages, ["compile"])
 
 
 def py(code: str) -> list[str]:

@@ -52,7 +52,11 @@ STAGES = {"wheels": 15, "prebuild_ops": 80, "selftest_sdpa": 30, "eager": 50, "c
 BUDGET_S = sum(STAGES.values())  # 410 s = 6 min 50 s
 DRY_RUN_SCALE = 4  # a dry run on a small shared CPU gets more time per stage
 OUT_FILES = ("gpu_check.json", "gpu_check.log", "gpu_selftest_record.json")
-SITE = "site"  # in the work folder: the --target of the wheels
+# On the GPU the wheels' --target and FusedAdam's build live here, outside the temporary
+# work folder, so that a second call on a still-warm machine reuses them (dry run: the work
+# folder, and the venv's prebuilt ops).
+GPU_CACHE = Path("/tmp/wavlm_ds_gpu_check")
+ALWAYS = ("wheels", "prebuild_ops")  # what every other stage needs, run also under --only
 RECIPE = ["--config", "configs/wavlm_large_plus.yaml", "--set", 'data.noise_shards=""',
           "--set", "logging.progress_bar=false"]
 
@@ -79,14 +83,15 @@ def bench_args(dry_run: bool) -> dict[str, list[str]]:
             + bucketed}
 
 
-def plan(work: Path, dry_run: bool, py: str = sys.executable) -> list[Stage]:
-    """Every stage of the check, in order, with its limit and command."""
+def plan(work: Path, dry_run: bool, cache: Path, py: str = sys.executable) -> list[Stage]:
+    """Every stage of the check, in order, with its limit and command; stage JSONs in
+    `work`, the wheels' target in `cache`."""
     scale = DRY_RUN_SCALE if dry_run else 1
     dry = ["--dry-run"] if dry_run else []
     bench = bench_args(dry_run)
     commands = {
         "wheels": ([py, "-m", "wavlm_ds.bench.wheelhouse", "install", str(ROOT / ".whl"),
-                    str(work / SITE)], False),
+                    str(cache / "site")], False),
         "prebuild_ops": ([py, "-m", "wavlm_ds.prebuild_ops"], False),
         "selftest_sdpa": ([py, "tools/gpu_selftest.py", "--only", "sdpa", *dry], True),
         "selftest_flex": ([py, "tools/gpu_selftest.py", "--only", "flex", *dry], True),
@@ -105,15 +110,15 @@ def plan(work: Path, dry_run: bool, py: str = sys.executable) -> list[Stage]:
     return stages
 
 
-def stage_env(out: Path, work: Path, dry_run: bool) -> dict[str, str]:
+def stage_env(out: Path, cache: Path, dry_run: bool) -> dict[str, str]:
     """The stages' environment: the repo (and the wheels' folder) importable, the self-test
     record in OUT, on the GPU a fresh extension cache for the FusedAdam build."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", WAVLM_DS_SELFTEST_RECORD=str(out / OUT_FILES[2]))
     env.setdefault("OMP_NUM_THREADS", "1")
-    paths = [str(ROOT), str(work / SITE)] + [p for p in [env.get("PYTHONPATH", "")] if p]
+    paths = [str(ROOT), str(cache / "site")] + [p for p in [env.get("PYTHONPATH", "")] if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     if not dry_run:
-        env.setdefault("TORCH_EXTENSIONS_DIR", str(work / "torch_extensions"))
+        env.setdefault("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions"))
     return env
 
 
@@ -161,36 +166,57 @@ def summarize(stages: list[Stage]) -> dict:
     return out
 
 
-def prebuild_failure(stage: Stage, work: Path) -> str:
-    """Why the FusedAdam build failed (its last lines that are not warnings), for the JSON.
-    A build cut at its limit leaves torch's `lock` files, on which every later JIT load of
-    the cache would wait forever: the check's own cache loses them."""
-    for lock in (work / "torch_extensions").glob("*/lock"):
+def clear_stale_locks(cache: Path) -> None:
+    """A build cut at its limit (or a call killed mid-build) leaves torch's `lock` files, on
+    which every later JIT load of the cache would wait forever; only the check uses its own
+    cache, so a lock there is stale."""
+    for lock in (cache / "torch_extensions").glob("*/lock"):
         lock.unlink()
+
+
+def prebuild_failure(stage: Stage, cache: Path) -> str:
+    """Why the FusedAdam build failed (its last lines that are not warnings), for the JSON."""
+    clear_stale_locks(cache)
     lines = [x for x in stage.last_lines if not re.search(r"WARNING|^W\d{4} ", x)]
     return (f"prebuild_ops {stage.status} after {stage.seconds} s (rc {stage.rc}): "
             + " | ".join(lines[-3:]) + "; the benchmarks ran with torch's AdamW (torch_adam)")
 
 
-def run_check(out: Path, work: Path, dry_run: bool, stages: list[Stage] | None = None) -> int:
-    """Run every stage (default: `plan`'s) in order; returns 0 when all passed, 1 if any did
-    not, 143 on SIGTERM."""
-    stages = plan(work, dry_run) if stages is None else stages
+def select(stages: list[Stage], only: list[str] | None) -> None:
+    """Mark the stages that `only` leaves out as skipped (the prerequisites always run)."""
+    unknown = set(only or ()) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"--only {','.join(sorted(unknown))}: no such stage; stages: "
+                         f"{', '.join(STAGES)}")
+    for stage in stages:
+        if only and stage.name not in only and stage.name not in ALWAYS:
+            stage.status, stage.last_lines = "skipped", ["not selected (--only)"]
+
+
+def run_check(out: Path, work: Path, dry_run: bool, stages: list[Stage] | None = None,
+              only: list[str] | None = None, cache: Path | None = None) -> int:
+    """Run every stage (default: `plan`'s; with `only`, those and ALWAYS) in order; returns
+    0 when all that ran passed, 1 if any did not, 143 on SIGTERM."""
+    cache = cache or (work if dry_run else GPU_CACHE)
+    stages = plan(work, dry_run, cache) if stages is None else stages
+    select(stages, only)
+    budget = sum(s.limit_s for s in stages if s.status == "pending")
     header = {"check": "gpu_check", "dry_run": dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "budget_s": BUDGET_S * (DRY_RUN_SCALE if dry_run else 1), "stage_limits_s": STAGES,
-              **gpu_info()}
-    runner = Runner(out, header, header["budget_s"], stage_env(out, work, dry_run))
+              "budget_s": budget, "stage_limits_s": {s.name: s.limit_s for s in stages},
+              "only": only, **gpu_info()}
+    runner = Runner(out, header, budget, stage_env(out, cache, dry_run))
     runner.stages = stages
     fallback: dict = {"torch_adam": False}
     runner.extra = lambda: {**fallback, "summary": summarize(stages)}
     raise_on_sigterm()
+    clear_stale_locks(cache)
     try:
-        for stage in stages:
+        for stage in [s for s in stages if s.status == "pending"]:
             runner.run(stage, ["--torch-adam"] if stage.uses_optimizer and fallback["torch_adam"] else [])
             print(f"== {stage.name}: {stage.status} ({stage.seconds} s)\n  "
                   + "\n  ".join(stage.last_lines[-8:]), flush=True)
             if stage.name == "prebuild_ops" and stage.status != "ok":
-                fallback.update(torch_adam=True, torch_adam_reason=prebuild_failure(stage, work))
+                fallback.update(torch_adam=True, torch_adam_reason=prebuild_failure(stage, cache))
     except Terminated:
         for stage in stages:
             if stage.status == "pending":
@@ -200,19 +226,22 @@ def run_check(out: Path, work: Path, dry_run: bool, stages: list[Stage] | None =
         return 143
     runner.write("done")
     print(f"== done in {time.monotonic() - runner.t0:.0f} s: {out / OUT_FILES[0]}")
-    return 0 if all(s.status == "ok" for s in stages) else 1
+    return 0 if all(s.status in ("ok", "skipped") for s in stages) and \
+        any(s.status == "ok" for s in stages) else 1
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--dry-run", action="store_true", help="every stage at tiny sizes on CPU")
+    p.add_argument("--only", type=lambda x: x.split(","), default=None, metavar="STAGE,...",
+                   help=f"run only these (and {', '.join(ALWAYS)}), e.g. for a second call")
     args = p.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     os.chdir(ROOT)
     try:
-        return run_check(args.out_dir.resolve(), work, args.dry_run)
+        return run_check(args.out_dir.resolve(), work, args.dry_run, only=args.only)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
