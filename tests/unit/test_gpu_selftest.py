@@ -37,7 +37,7 @@ def test_a_wrong_kernel_fails_its_parity_with_every_figure_kept(monkeypatch):
         return S.sdpa_gated_attention(q, k, v, gate * 0, rel_bias, pad)
 
     monkeypatch.setitem(S.IMPLS, "no_bias", no_bias)
-    out = S.attention_parity("no_bias", torch.device("cpu"), lengths=(64,), D=16)
+    out = S.attention_parity("no_bias", torch.device("cpu"), S.CPU_CASES, B=2, H=4, D=16)
     assert out["ok"] is False
     assert any("[out]" in f for f in out["failed"]) and "T64_float32_rel_err" in out
     assert "T64_bfloat16_rel_err" in out  # measured after the fp32 miss, not cut short
@@ -99,3 +99,30 @@ def test_record_lives_in_the_venv_by_default(monkeypatch):
     monkeypatch.delenv(gpu_gate.RECORD_ENV, raising=False)
     gpu_gate.configure("auto", "")
     assert gpu_gate.record_path() == Path(sys.prefix) / "share" / "wavlm_ds" / "gpu_selftest.json"
+
+
+def test_cuda_flex_group_records_each_verdict_as_it_is_decided(tmp_path, monkeypatch):
+    """The CUDA branch with its kernels faked: flex failing parity is recorded off, and the
+    Triton log-Mel verdict is still decided and recorded, each right after its checks."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    recorded = []
+    monkeypatch.setattr(gpu_gate, "write_result",
+                        lambda device, ops: recorded.append(dict(ops)) or tmp_path / "rec.json")
+    monkeypatch.setattr(S, "attention_parity", lambda impl, device: {"ok": False, "failed": ["x"]})
+    monkeypatch.setattr(S, "attention_timings", lambda impls, device: {
+        "time_sdpa_fwd_bwd_s": 2.0, "time_flex_fwd_bwd_s": 1.0})
+    monkeypatch.setattr(S, "no_host_sync", lambda device: {})
+    monkeypatch.setattr(S, "logmel_triton", lambda device: {
+        "time_torch_s": 2.0, "time_triton_s": 1.0, "triton_max_abs": 1e-5})
+
+    def compiled_block(device):
+        assert recorded == [{"attention_flex": False}, {"logmel_triton": True}]
+        raise RuntimeError("inductor failed")
+
+    monkeypatch.setattr(S, "compiled_block", compiled_block)
+    report = S.Report(tmp_path / "r.json", torch.device("cuda"))
+    S.run_flex_group(report, tiny=False)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["enabled"] == {"attention_flex": False, "logmel_triton": True}
+    assert data["checks"]["flex_parity"]["ok"] is False and data["checks"]["flex_timing"]["ok"]
+    assert "inductor failed" in data["checks"]["compiled_block"]["error"]
