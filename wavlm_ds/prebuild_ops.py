@@ -104,7 +104,9 @@ def warn_if_jit_build(device, ds_config: dict, rank: int) -> str | None:
     problem = prebuilt_op_problem(device.type, capability, cache)
     if problem is None:
         return None
-    arch = f" (TORCH_CUDA_ARCH_LIST={capability[0]}.{capability[1]} for this GPU)" if capability else ""
+    arch = ""
+    if capability:
+        arch = f" (TORCH_CUDA_ARCH_LIST={capability[0]}.{capability[1]} for this GPU)"
     message = (f"rank {rank}: {problem}: DeepSpeed will JIT-compile FusedAdam on this rank at "
                f"start-up (minutes, with every rank of the node waiting on one cache lock); "
                f"fix: {FIX}{arch}")

@@ -105,8 +105,9 @@ def plan(work: Path, dry_run: bool, cache: Path, py: str = sys.executable) -> li
         else:
             command, has_json = commands[name]
         result = work / f"{name}.json" if has_json else None
-        stages.append(Stage(name, limit * scale, command + (["--json", str(result)] if result else []),
-                            result, uses_optimizer=name in bench))
+        json_args = ["--json", str(result)] if result else []
+        stages.append(Stage(name, limit * scale, command + json_args, result,
+                            uses_optimizer=name in bench))
     return stages
 
 
@@ -201,7 +202,8 @@ def run_check(out: Path, work: Path, dry_run: bool, stages: list[Stage] | None =
     stages = plan(work, dry_run, cache) if stages is None else stages
     select(stages, only)
     budget = sum(s.limit_s for s in stages if s.status == "pending")
-    header = {"check": "gpu_check", "dry_run": dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    header = {"check": "gpu_check", "dry_run": dry_run,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "budget_s": budget, "stage_limits_s": {s.name: s.limit_s for s in stages},
               "only": only, **gpu_info()}
     runner = Runner(out, header, budget, stage_env(out, cache, dry_run))
@@ -212,7 +214,8 @@ def run_check(out: Path, work: Path, dry_run: bool, stages: list[Stage] | None =
     clear_stale_locks(cache)
     try:
         for stage in [s for s in stages if s.status == "pending"]:
-            runner.run(stage, ["--torch-adam"] if stage.uses_optimizer and fallback["torch_adam"] else [])
+            torch_adam = stage.uses_optimizer and fallback["torch_adam"]
+            runner.run(stage, ["--torch-adam"] if torch_adam else [])
             print(f"== {stage.name}: {stage.status} ({stage.seconds} s)\n  "
                   + "\n  ".join(stage.last_lines[-8:]), flush=True)
             if stage.name == "prebuild_ops" and stage.status != "ok":

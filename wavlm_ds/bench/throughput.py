@@ -156,7 +156,8 @@ def time_eval(engine, cfg, sampler: LengthSampler, gen: torch.Generator, n: int,
             batch = make_batch(sampler.next(), gen)
             t0 = time.perf_counter()
             mb = E.prepare_micro(batch, cfg, engine.device, step=0, micro=i, rank=rank, train=False)
-            loss_sum, _ = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask, None, mb.extras)
+            loss_sum, _ = engine(mb.features, mb.targets, mb.frame_lengths, mb.mask, None,
+                                 mb.extras)
             loss_sum.item()  # wait for the device
             times.append(time.perf_counter() - t0)
     engine.train()
@@ -281,7 +282,8 @@ def bench_point(cfg, ds: dict, micro: int, seconds: float, args, rank: int, worl
            else "process peak RSS (getrusage)"}
     if args.eval_steps:
         row.update(time_eval(engine, cfg, sampler, gen, args.eval_steps, rank))
-    row["flop_counter_ratio"] = meta_flop_counter_ratio(cfg.model, micro, 1 + int(seconds * SR) // 160)
+    frames = 1 + int(seconds * SR) // 160  # of the longest row
+    row["flop_counter_ratio"] = meta_flop_counter_ratio(cfg.model, micro, frames)
     if args.ds_flops_profiler:
         row["ds_flops_profiler_ratio"] = ds_flops_profiler(engine, cfg, micro, seconds, gen)
     row["wall_s"] = time.perf_counter() - t0
