@@ -39,9 +39,11 @@ $(SYSPKG_STAMP): | $(VENV)/bin/python
 	touch $@
 
 # Prebuild DeepSpeed's FusedAdam and shm comm ops into $(TORCH_EXTENSIONS_DIR), so that
-# 128 ranks never JIT-compile into one shared cache at start-up.
+# 128 ranks never JIT-compile into one shared cache at start-up. On a GPU node it builds the
+# CUDA FusedAdam for that node's GPUs, or for TORCH_CUDA_ARCH_LIST if given
+# (make ops TORCH_CUDA_ARCH_LIST=8.0 for A100); on a CPU node the CPU one (docs/gpu_check.md).
 ops: setup
-	$(PY) -m wavlm_ds.prebuild_ops
+	$(PY) -m wavlm_ds.prebuild_ops $(if $(TORCH_CUDA_ARCH_LIST),--arch-list "$(TORCH_CUDA_ARCH_LIST)")
 
 # Unit tests on 2 worker processes (single-threaded each), then the launcher and fault tests
 # on 2 workers as well, a test file per worker (its shared reference run stays with it):
@@ -96,9 +98,11 @@ eval: setup
 
 # Wheels that the lent GPU machine (Python 3.12 with torch + triton, no network) lacks, for
 # tools/gpu_check.sh: DeepSpeed built here from its sdist, the rest downloaded for cp312,
-# each at the version this venv runs. Into the ignored .whl/ (see BENCHMARKS.md for its size).
+# each at the version this venv runs (the list: wavlm_ds/bench/wheelhouse.py's WHEELS, which
+# a test keeps equal to this one). Into the ignored .whl/, then checked: under 64 MiB, one
+# version of each (see BENCHMARKS.md for its size).
 GPU_WHEELS := hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions \
-	braceexpand soundfile cffi pycparser fsspec py-cpuinfo msgpack einops
+	braceexpand soundfile cffi pycparser
 wheelhouse: setup
 	rm -rf .whl && mkdir -p .whl
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w .whl deepspeed==0.19.8
@@ -106,7 +110,7 @@ wheelhouse: setup
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
 	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 	  $$($(PY) -c "from importlib.metadata import version; print(' '.join(f'{n}=={version(n)}' for n in '$(GPU_WHEELS)'.split()))")
-	du -sh .whl && ls .whl
+	$(PY) -m wavlm_ds.bench.wheelhouse check .whl && ls .whl
 
 # CTC fine-tuning of the demo export and of the same encoder from random initialization,
 # same steps, next to `make eval`'s frozen probes (runs/finetune/results.md, in the README).

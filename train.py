@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wavlm_ds.prebuild_ops import use_prebuilt_ops
+from wavlm_ds.prebuild_ops import use_prebuilt_ops, warn_if_jit_build
 
 use_prebuilt_ops()  # before DeepSpeed is imported: every node loads the venv's prebuilt ops
 
@@ -186,6 +186,7 @@ def main(argv: list[str]) -> int:
     micro, accum, max_steps = validate(cfg, ds, world, args.deepspeed_config)
     device = E.training_device(local_rank)
     E.check_device_config(cfg, device)
+    warn_if_jit_build(device, ds, rank)  # every rank that would compile FusedAdam says so
     cfg, paths = E.resolve_fast_paths(cfg, device)
     log.info("rank %d: attention %s, log-Mel %s, compile %s on %s (fast_paths %s, record %s)",
              rank, paths["attention_impl"], paths["logmel_impl"], paths["compile"],

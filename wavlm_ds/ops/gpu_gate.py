@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from wavlm_ds.jsonio import write_json_atomic
+
 RECORD_ENV = "WAVLM_DS_SELFTEST_RECORD"
 OPS = ("attention_flex", "logmel_triton")
 log = logging.getLogger(__name__)
@@ -96,13 +98,13 @@ def cuda_fast_path_enabled(op: str, device: torch.device) -> bool:
 
 
 def write_result(device: torch.device, results: dict[str, bool]) -> Path:
-    """Store the self-test outcome for this device key (merging with other devices)."""
+    """Store the self-test verdicts `results` (op -> passed) for this device key, merged into
+    the record: other devices' entries and this device's other ops are kept, so the
+    self-test can record each op as soon as it is decided."""
     path = record_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = _read(path) if path.exists() else {}
-    record[device_key(device)] = {"ops": results}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    entry = record.setdefault(device_key(device), {"ops": {}})
+    entry.setdefault("ops", {}).update(results)
+    write_json_atomic(path, record)
     _cache.clear()
     return path
