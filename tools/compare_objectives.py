@@ -3,6 +3,7 @@
 usage: python tools/compare_objectives.py [--run-dir runs/compare] [--corpus runs/demo/corpus]
            [--steps 300] [--k 100] [--objectives reconstruction,best_rq,kmeans,kmeans_it2]
            [--epochs 10] [--hidden 64] [--probe-runs 3]   (`make compare`)
+       --probe-runs 0: pretrain and export only (tools/finetune_compare.py takes the exports)
 
 For each objective, the demo recipe (configs/demo.yaml + ds_configs/cpu_smoke.json, 2 CPU
 ranks through the deepspeed launcher, the same seed, data order and masks) pretrains for
@@ -176,10 +177,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-test-utts", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=30.0)
     p.add_argument("--probe-runs", type=int, default=3,
-                   help="train every probe this many times, seeds --seed, --seed + 1, ...")
+                   help="train every probe this many times, seeds --seed, --seed + 1, ...; "
+                        "0: pretrain and export only")
     args = p.parse_args(argv)
-    if args.probe_runs < 1:
-        p.error(f"--probe-runs {args.probe_runs}: must be >= 1")
+    if args.probe_runs < 0:
+        p.error(f"--probe-runs {args.probe_runs}: must be >= 0 (0 skips the probes)")
     args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
     unknown = [o for o in args.objectives if o not in OBJECTIVES]
     if unknown:
@@ -204,6 +206,10 @@ def main(argv: list[str]) -> int:
         if name == "kmeans_it2":
             it2 = second_iteration_labels(runs["kmeans"]["export"], corpus, labels[name], args.k)
         runs[name] = pretrain(name, corpus, out, args.steps, labels.get(name, out), args.k)
+    if args.probe_runs == 0:
+        for name, run in runs.items():
+            print(f"[compare] {name}: export {run['export']} (valid {run['valid']})")
+        return 0
 
     settings, tracker = cli.probe_settings(args), TrackerConfig()
     check = checked_tracker(tracker, TRACKER_BOUND_CENTS)
