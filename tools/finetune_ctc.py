@@ -21,18 +21,15 @@ validation history), OUT/checkpoint/ (an export: encoder.* + ctc_head.*) and OUT
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from wavlm_ds.eval import EvalError, cli
-from wavlm_ds.finetune.ctc import FinetuneSettings
+from wavlm_ds.eval import cli
+from wavlm_ds.finetune.args import add_settings_args, settings_from_args
 from wavlm_ds.finetune.loop import finetune
-
-FLAGS = tuple(f.name for f in dataclasses.fields(FinetuneSettings) if f.name != "freeze_frontend")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -43,11 +40,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--valid", help="validation shard spec (default CORPUS/validation)")
     p.add_argument("--test", help="held-out shard spec (default CORPUS/test)")
     p.add_argument("--out", type=Path, required=True)
-    d = FinetuneSettings()
-    for name in FLAGS:
-        default = getattr(d, name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    p.add_argument("--train-frontend", action="store_true", help="also fine-tune the front end")
+    add_settings_args(p)
     p.add_argument("--vocab", type=Path, help="symbols, one per line (default: the train split's)")
     p.add_argument("--max-seconds", type=float, default=30.0)
     p.add_argument("--resamples", type=int, default=1000)
@@ -63,14 +56,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def settings(args: argparse.Namespace) -> FinetuneSettings:
-    try:
-        return FinetuneSettings(**{k: getattr(args, k) for k in FLAGS},
-                                freeze_frontend=not args.train_frontend)
-    except (ValueError, TypeError) as err:
-        raise EvalError(f"fine-tuning settings: {err}") from None
-
-
 def main(argv: list[str]) -> int:
     args = parse(argv)
     cli.set_threads(args)
@@ -78,8 +63,8 @@ def main(argv: list[str]) -> int:
     if world > 1:
         torch.distributed.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
     vocab = args.vocab.read_text(encoding="utf-8").split("\n") if args.vocab else None
-    summary = finetune(args.export, (args.train, args.valid, args.test), settings(args), args.out,
-                       [v for v in vocab if v] if vocab else None, args.max_seconds,
+    summary = finetune(args.export, (args.train, args.valid, args.test), settings_from_args(args),
+                       args.out, [v for v in vocab if v] if vocab else None, args.max_seconds,
                        args.resamples, rank, world)
     if world > 1:
         torch.distributed.destroy_process_group()
