@@ -132,9 +132,13 @@ def layer_table(layers: list[dict]) -> list[str]:
 
 
 def probe_rows(files: list[dict]) -> list[tuple[str, dict]]:
-    """(label, {wer, cer}) of each upstream in eval_report's results.json files."""
-    return [(f"BiLSTM probe (`make eval`): {name}", sys_["metrics"]["asr"])
-            for probe in files for name, sys_ in probe["systems"].items()]
+    """(label, {wer, cer}) of each system in eval_report's results.json files (a system in
+    several files, e.g. the log-Mel baseline, once: the first file's)."""
+    rows: dict[str, dict] = {}
+    for probe in files:
+        for name, system in probe["systems"].items():
+            rows.setdefault(f"BiLSTM probe (`make eval`): {name}", system["metrics"]["asr"])
+    return list(rows.items())
 
 
 def verdict(summary: dict) -> str:
