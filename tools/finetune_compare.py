@@ -3,9 +3,9 @@ same architecture from random initialization, at several labelled budgets and se
 paired bootstrap intervals against random init; frozen-layer CER and frozen-probe rows.
 
 usage: python tools/finetune_compare.py --upstream NAME=EXPORT [--upstream NAME=EXPORT ...]
-           --corpus DIR --out-dir DIR [--budgets 20,100,300] [--max-steps 150,250,300]
+           --corpus DIR --out-dir DIR [--budgets 20,100,300] [--max-steps 250,300,400]
            [--seeds 0,1,2] [--jobs 2] [--probe-results FILE ...] [--no-layers]
-           [FinetuneSettings flags: --lr 3e-3 --encoder-lr-scale 0.2 ...]
+           [FinetuneSettings flags: --lr 3e-2 --encoder-lr-scale 0.1 ...]
 
 Every cell (budget x upstream x seed; random init uses the first upstream's architecture)
 is one run of wavlm_ds.finetune.loop.run in --jobs worker processes, one thread each,

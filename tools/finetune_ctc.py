@@ -1,7 +1,7 @@
 """CTC fine-tuning of an exported encoder on labelled shards, scored by WER/CER (jiwer).
 
 usage: python tools/finetune_ctc.py EXPORT --corpus DIR --out DIR [--init pretrained|random]
-           [--steps 300] [--head-only-steps 50] [--lr 3e-3] [--encoder-lr-scale 0.2]
+           [--steps 300] [--head-only-steps 50] [--lr 3e-2] [--encoder-lr-scale 0.1]
            [--layer-decay 1.0] [--patience 4] [--valid-every-steps 25] [--units chars|phonemes]
            [--vocab FILE] [--threads N]   (every field of FinetuneSettings has a flag)
        deepspeed --hostfile hostfiles/localhost --no_ssh_check --master_addr 127.0.0.1 \\

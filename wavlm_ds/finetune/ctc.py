@@ -41,8 +41,8 @@ class FinetuneSettings:
     steps: int = 300  # most optimizer steps (head-only ones included); early stopping may end sooner
     head_only_steps: int = 50  # fairseq's freeze_finetune_updates (10k of 13k for 10 min / 1 h)
     batch_size: int = 8  # utterances per optimizer step, over all ranks
-    lr: float = 3e-3  # the head's peak learning rate
-    encoder_lr_scale: float = 0.2  # the encoder's peak lr = lr * encoder_lr_scale
+    lr: float = 3e-2  # the head's peak learning rate
+    encoder_lr_scale: float = 0.1  # the encoder's peak lr = lr * encoder_lr_scale
     layer_decay: float = 1.0  # block i of L: encoder lr * layer_decay ** (L - i); 1 = off
     schedule: Literal["tri_stage", "cosine"] = "tri_stage"
     warmup_ratio: float = 0.1  # tri-stage: 10 % warm-up, 40 % hold, 50 % exponential decay

@@ -36,7 +36,7 @@ RANDOM = "random init"
 class GridSettings:
     """What `make finetune` runs: a step budget (most optimizer steps) per labelled budget."""
     budgets: tuple[int, ...] = (20, 100, 300)  # train utterances (~1, 5, 15 min of the demo corpus)
-    max_steps: tuple[int, ...] = (150, 250, 300)  # one per budget; early stopping may end sooner
+    max_steps: tuple[int, ...] = (250, 300, 400)  # one per budget; early stopping may end sooner
     seeds: tuple[int, ...] = (0, 1, 2)
     jobs: int = 2  # worker processes, one thread each
     resamples: int = 1000
