@@ -167,6 +167,10 @@ def test_early_stopping_keeps_the_best_validation_weights():
     assert best.best_step == 20 and best.best_cer == 0.7
     assert torch.equal(best.state["weight"], torch.full((2, 2), 20.0))  # a copy, not a view
     assert not BestOnValidation(patience=0).done
+    late = BestOnValidation(patience=1, min_step=50)
+    for step, cer in [(10, 0.9), (20, 0.95), (50, 0.96)]:
+        late.update(step, cer, net)
+        assert late.done == (step == 50)  # no stop before min_step
 
 
 def test_budgets_draw_disjoint_speaker_balanced_nested_subsets():
@@ -194,7 +198,7 @@ def test_finetune_stops_early_and_scores_the_best_validation_model(corpus, expor
                          "chars")
     encoder, cfg = load_pretrained(export)
     s = FinetuneSettings(steps=40, head_only_steps=1, batch_size=4, lr=0.05,
-                         valid_every_steps=1, patience=2)  # a high lr: the CER moves
+                         valid_every_steps=1, patience=2, min_steps_ratio=0.0)  # lr: the CER moves
     model, result = run(encoder, cfg, data, s, resamples=20, progress=False)
     history = result["validation"]
     best = min(history, key=lambda h: h["cer"])

@@ -59,6 +59,8 @@ class FinetuneSettings:
     freeze_frontend: bool = True  # fairseq's feature_grad_mult 0.0
     valid_every_steps: int = 25  # validation CER from the end of the head-only phase on
     patience: int = 4  # stop after this many validations without a better CER; 0: never stop
+    min_steps_ratio: float = 0.5  # never stop before this share of `steps` (tri-stage's hold
+    # ends at 0.5: a random init still on CTC's all-blank plateau is not stopped at peak lr)
     units: Units = "chars"
     init: Literal["pretrained", "random"] = "pretrained"
     seed: int = 0
@@ -75,6 +77,8 @@ class FinetuneSettings:
         if not (0 < self.encoder_lr_scale and 0 < self.layer_decay <= 1):
             raise ValueError(f"encoder_lr_scale={self.encoder_lr_scale} must be > 0 and "
                              f"layer_decay={self.layer_decay} in (0, 1]")
+        if not 0.0 <= self.min_steps_ratio <= 1.0:
+            raise ValueError(f"min_steps_ratio={self.min_steps_ratio} must be in [0, 1]")
         if self.valid_every_steps < 1 or self.patience < 0:
             raise ValueError(f"valid_every_steps={self.valid_every_steps} must be >= 1 and "
                              f"patience={self.patience} >= 0 (0 trains every step)")

@@ -83,13 +83,15 @@ def average_gradients(params: Sequence[torch.nn.Parameter], world: int) -> None:
 
 class BestOnValidation:
     """Early stopping on validation CER: keeps a copy of the best model's weights; `done`
-    once `patience` validations in a row did not beat it (never, with patience 0)."""
+    once `patience` validations in a row did not beat it and step `min_step` is reached
+    (never, with patience 0)."""
 
-    def __init__(self, patience: int) -> None:
-        self.patience, self.history = patience, []
+    def __init__(self, patience: int, min_step: int = 0) -> None:
+        self.patience, self.min_step, self.history, self.step = patience, min_step, [], 0
         self.best_step, self.best_cer, self.state, self.since_best = None, float("inf"), None, 0
 
     def update(self, step: int, cer: float, model: torch.nn.Module) -> None:
+        self.step = step
         self.history.append({"step": step, "cer": cer})
         if cer < self.best_cer:
             self.best_step, self.best_cer, self.since_best = step, cer, 0
@@ -99,7 +101,8 @@ class BestOnValidation:
 
     @property
     def done(self) -> bool:
-        return self.patience > 0 and self.since_best >= self.patience
+        return (self.patience > 0 and self.since_best >= self.patience
+                and self.step >= self.min_step)
 
 
 def validate_now(step_done: int, s: FinetuneSettings) -> bool:
@@ -145,7 +148,7 @@ def fit(model: CTCModel, data: Datasets, s: FinetuneSettings, rank: int = 0, wor
     if s.batch_size % world:
         raise ValueError(f"batch_size={s.batch_size} must be a multiple of the world size {world}")
     opt = torch.optim.AdamW(optimizer_groups(model, s), lr=s.lr)
-    selection = BestOnValidation(s.patience)
+    selection = BestOnValidation(s.patience, round(s.min_steps_ratio * s.steps))
     curve, window, step_done = [], [], 0
     model.train()
     batches = global_batches([len(a) for a in data.train.audio], s)
