@@ -112,12 +112,20 @@ wheelhouse: setup
 	  $$($(PY) -c "from importlib.metadata import version; print(' '.join(f'{n}=={version(n)}' for n in '$(GPU_WHEELS)'.split()))")
 	$(PY) -m wavlm_ds.bench.wheelhouse check .whl && ls .whl
 
-# CTC fine-tuning of the demo export and of the same encoder from random initialization,
-# same steps, next to `make eval`'s frozen probes (runs/finetune/results.md, in the README).
+# The label-efficiency table (docs/finetune.md): CTC fine-tuning at 20 / 100 / 300 labelled
+# utterances x {the demo export (reconstruction), kmeans_it2 (the best of `make compare`),
+# random init} x 3 seeds, 2 worker processes of one thread each, with `make eval`'s
+# frozen-probe rows where their results exist (runs/finetune/results.md).
+COMPARE_DIR ?= runs/compare
+FINETUNE_PROBES ?= $(DEMO_DIR)/eval/results.json $(COMPARE_DIR)/kmeans_it2/eval/results.json
 finetune: setup
 	@test -f $(DEMO_DIR)/export/model.safetensors || $(MAKE) demo
-	$(PY) tools/finetune_compare.py --export $(DEMO_DIR)/export --corpus $(DEMO_DIR)/corpus \
-	    --probe-results $(DEMO_DIR)/eval/results.json --out-dir runs/finetune --threads 1
+	@test -f $(COMPARE_DIR)/kmeans_it2/export/model.safetensors || \
+	  $(PY) tools/compare_objectives.py --run-dir $(COMPARE_DIR) --corpus $(DEMO_DIR)/corpus \
+	    --objectives kmeans,kmeans_it2 --probe-runs 0
+	$(PY) tools/finetune_compare.py --upstream reconstruction=$(DEMO_DIR)/export \
+	    --upstream kmeans_it2=$(COMPARE_DIR)/kmeans_it2/export --corpus $(DEMO_DIR)/corpus \
+	    --probe-results $(FINETUNE_PROBES) --out-dir runs/finetune --jobs 2
 
 clean:
 	rm -rf runs

@@ -3,6 +3,7 @@
 usage: python tools/compare_objectives.py [--run-dir runs/compare] [--corpus runs/demo/corpus]
            [--steps 300] [--k 100] [--objectives reconstruction,best_rq,kmeans,kmeans_it2]
            [--epochs 10] [--hidden 64] [--probe-runs 3]   (`make compare`)
+       --probe-runs 0: pretrain and export only (tools/finetune_compare.py takes the exports)
 
 For each objective, the demo recipe (configs/demo.yaml + ds_configs/cpu_smoke.json, 2 CPU
 ranks through the deepspeed launcher, the same seed, data order and masks) pretrains for
@@ -52,8 +53,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--probe-runs", type=int, default=3,
                    help="train every probe this many times, seeds --seed, --seed + 1, ...")
     args = p.parse_args(argv)
-    if args.probe_runs < 1:
-        p.error(f"--probe-runs {args.probe_runs}: must be >= 1")
+    if args.probe_runs < 0:
+        p.error(f"--probe-runs {args.probe_runs}: must be >= 0 (0 skips the probes)")
     args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
     unknown = [o for o in args.objectives if o not in OBJECTIVES]
     if unknown:
@@ -68,7 +69,8 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     cli.set_threads(args)
     results = compare(args, synthesize, corpus_overrides)
-    print(f"[compare] wrote {results} and results.json")
+    if results is not None:
+        print(f"[compare] wrote {results} and results.json")
     return 0
 
 

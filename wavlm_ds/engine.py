@@ -69,15 +69,18 @@ def init_distributed(timeout_s: int) -> None:
     shm.release_at_exit()
 
 
+def decays(name: str, param: torch.nn.Parameter, patterns: tuple[str, ...]) -> bool:
+    """Whether weight decay applies: matrices only, not biases, norms or embeddings."""
+    lowered = name.lower()
+    return param.ndim >= 2 and not any(p in lowered for p in patterns)
+
+
 def param_groups(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[dict]:
     """Weight decay on matrices only: biases, norms and embeddings get none."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        lowered = name.lower()
-        skip = param.ndim < 2 or any(p in lowered for p in patterns)
-        (no_decay if skip else decay).append(param)
+        if param.requires_grad:
+            (decay if decays(name, param, patterns) else no_decay).append(param)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

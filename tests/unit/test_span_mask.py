@@ -20,6 +20,17 @@ def test_exact_count_and_no_padding():
         assert not (mask & (torch.arange(800)[None] >= lengths[:, None])).any()
 
 
+def test_rows_much_shorter_than_T_at_fine_tuning_rates():
+    # A short row needs far fewer spans than the K drawn for T; those empty spans once
+    # landed past the difference array (IndexError at e.g. T 19, length 18, 0.3, span 5).
+    for ratio, span, T in [(0.3, 5, 19), (0.3, 10, 337), (0.5, 20, 229), (0.3, 5, 4)]:
+        lengths = torch.arange(T + 1)
+        for seed in range(4):
+            mask = span_mask(lengths, T, ratio, span, gen(seed))
+            assert torch.equal(mask.sum(1), torch.round(lengths.double() * ratio).long())
+            assert not (mask & (torch.arange(T)[None] >= lengths[:, None])).any()
+
+
 def test_spans_have_the_requested_length():
     lengths = torch.full((64,), 500)
     mask = span_mask(lengths, 500, 0.8, 10, gen(3))

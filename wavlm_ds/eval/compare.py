@@ -148,10 +148,10 @@ def spread_markdown(names: list[str], seeds: list[int], diffs: list[dict[str, di
 
 
 def compare(args: argparse.Namespace, synthesize: Callable[[Path, int], None],
-            corpus_overrides: Callable[[Path, int], list[str]]) -> Path:
+            corpus_overrides: Callable[[Path, int], list[str]]) -> Path | None:
     """Pretrain each of args.objectives, probe every export args.probe_runs times next to
     log-Mel, write results.md (printed) and results.json into args.run_dir; returns
-    results.md's path. `synthesize(corpus, utterances)` makes the demo corpus if missing and
+    results.md's path (None with --probe-runs 0: the exports only). `synthesize(corpus, utterances)` makes the demo corpus if missing and
     `corpus_overrides(corpus, steps)` points the demo recipe at it (tools/demo.py's)."""
     t0 = time.time()
     out, corpus = args.run_dir.resolve(), args.corpus.resolve()
@@ -165,6 +165,10 @@ def compare(args: argparse.Namespace, synthesize: Callable[[Path, int], None],
             it2 = second_iteration_labels(runs["kmeans"]["export"], corpus, labels[name], args.k)
         runs[name] = pretrain(name, corpus_overrides(corpus, args.steps), out,
                               labels.get(name, out), args.k)
+    if args.probe_runs == 0:  # pretrain and export only
+        for name, run in runs.items():
+            print(f"[compare] {name}: export {run['export']} (valid {run['valid']})")
+        return None
 
     settings, tracker = cli.probe_settings(args), TrackerConfig()
     check = checked_tracker(tracker)

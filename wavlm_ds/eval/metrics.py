@@ -135,18 +135,37 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     order. Pairing removes the between-utterance variance both share, so this interval is
     what says whether a difference is real, not whether the two marginal CIs overlap.
     """
-    (na, da), (nb, db) = [(np.asarray(n, np.float64), np.asarray(d, np.float64)) for n, d in (a, b)]
-    if na.shape != nb.shape:
-        raise EvalError(f"paired bootstrap needs the same utterances: {na.size} vs {nb.size}")
-    if da.sum() <= 0 or db.sum() <= 0:
+    return paired_mean_difference([a], [b], transform=transform, resamples=resamples,
+                                  level=level, seed=seed)
+
+
+def paired_mean_difference(a: Sequence[tuple[np.ndarray, np.ndarray]],
+                           b: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                           transform: Callable = lambda x: x, resamples: int = 1000,
+                           level: float = 0.95, seed: int = 0) -> Estimate:
+    """CI of mean_k [metric(a_k) - metric(b_k)] over K pairs of systems (e.g. K seeds of a
+    fine-tuning run and of its baseline), every pair scored on the same test utterances in
+    the same order: one utterance resample is applied to all 2K systems at once. The
+    interval covers test-utterance sampling; the spread between the K pairs shows in them."""
+    if len(a) != len(b) or not a:
+        raise EvalError(f"paired bootstrap needs as many baseline runs as runs: {len(a)} vs {len(b)}")
+    systems = [[(np.asarray(n, np.float64), np.asarray(d, np.float64)) for n, d in side]
+               for side in (a, b)]
+    sizes = {n.shape for side in systems for n, _ in side}
+    if len(sizes) != 1:
+        raise EvalError(f"paired bootstrap needs the same utterances in every run: sizes {sizes}")
+    if any(d.sum() <= 0 for side in systems for _, d in side):
         raise EvalError("paired bootstrap: a system has no scorable frames/tokens")
+    n_utts = next(iter(sizes))[0]
     stats = []
-    for idx in _index_chunks(na.size, resamples, seed):
-        sa, sb = da[idx].sum(1), db[idx].sum(1)
-        ok = (sa > 0) & (sb > 0)
-        ra, rb = na[idx].sum(1)[ok] / sa[ok], nb[idx].sum(1)[ok] / sb[ok]
-        stats.append(transform(ra) - transform(rb))
+    for idx in _index_chunks(n_utts, resamples, seed):
+        dens = [[d[idx].sum(1) for _, d in side] for side in systems]
+        ok = np.all([den > 0 for side in dens for den in side], axis=0)
+        rates = [[transform(n[idx].sum(1)[ok] / den[ok]) for (n, _), den in zip(side, sd)]
+                 for side, sd in zip(systems, dens)]
+        stats.append(np.mean([ra - rb for ra, rb in zip(*rates)], axis=0))
     boot = np.concatenate(stats)
     lo, hi = _percentiles(boot, level)
-    value = transform(na.sum() / da.sum()) - transform(nb.sum() / db.sum())
+    value = np.mean([transform(na.sum() / da.sum()) - transform(nb.sum() / db.sum())
+                     for (na, da), (nb, db) in zip(*systems)])
     return Estimate(float(value), lo, hi, int(boot.size))

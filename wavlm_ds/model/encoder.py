@@ -142,10 +142,13 @@ class WavLMEncoder(nn.Module):
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor,
                 mask: torch.Tensor | None = None, output_hidden_states: bool = False,
                 layerdrop_generator: torch.Generator | None = None,
-                host_frame_lengths: torch.Tensor | None = None) -> EncoderOutput:
+                host_frame_lengths: torch.Tensor | None = None,
+                channel_mask: torch.Tensor | None = None) -> EncoderOutput:
         """features (B, T_in, 80), frame_lengths (B,) on the features' device;
         host_frame_lengths: the same lengths on the host, if the caller has them (the
-        trainer does), so that "is anything padded?" is answered without a device sync."""
+        trainer does), so that "is anything padded?" is answered without a device sync.
+        channel_mask (B, D) bool: channels of the projected frames set to zero on every
+        frame (fine-tuning's channel masking, where fairseq's wav2vec 2.0 applies it)."""
         check_inputs(features, frame_lengths, mask, self.cfg.num_mel_bins)
         T_in = features.shape[1]
         frame_valid = torch.arange(T_in, device=features.device) < frame_lengths[:, None]
@@ -153,6 +156,8 @@ class WavLMEncoder(nn.Module):
             mask = mask & frame_valid
         dtype = self.frontend.proj_in.weight.dtype
         x = self.frontend(features.to(dtype), frame_valid, mask)  # (B, T_enc, D)
+        if channel_mask is not None:
+            x = x.masked_fill(channel_mask[:, None, :], 0.0)
         lengths = encoder_lengths(frame_lengths, self.cfg.frame_stack)
         host = None if host_frame_lengths is None else encoder_lengths(host_frame_lengths,
                                                                        self.cfg.frame_stack)

@@ -112,7 +112,10 @@ def place_spans(lengths: torch.Tensor, T: int, ratio: float, span: int,
     # Unmasked frames before span j: floor((j + u_j) / k * (L - n)), non-decreasing in j,
     # below L - n; span j covers [g_j + j*span, g_j + min((j+1)*span, n)) before rotation
     # (spans j >= k are empty). Rotating by offset in [0, L) puts it inside [0, 2L).
+    # An empty span's g would grow past L - n (j / k > 1) and its endpoints past 2L, out of
+    # the difference array: clamped to L - n, its +1 and -1 land on one index and cancel.
     g = torch.div((j_one + draws[:, 1:]) * unmasked, k_one, rounding_mode="floor")
+    g = torch.minimum(g, unmasked)
     g = g + ((draws[:, :1] * L) >> JITTER_BITS)  # + rotation
     ends = g.repeat(1, 2) + torch.minimum(offsets, n)  # (B, 2K): starts then ends
     # Fold [L, 2L) back onto the row: an endpoint >= L moves by -L. The one span that
