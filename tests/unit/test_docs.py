@@ -23,8 +23,6 @@ PATH_RE = re.compile(r"(?<![\w/.-])((?:tools|wavlm_ds|configs|ds_configs|hostfil
 SECTIONS = {f.name: typing.get_type_hints(RunConfig)[f.name] for f in dataclasses.fields(RunConfig)}
 KEY_RE = re.compile(r"\b(" + "|".join(SECTIONS) + r")\.([a-z_]+)\b")
 FILE_SUFFIXES = {"safetensors", "json", "jsonl", "yaml", "py", "log", "md", "txt", "png", "pt"}
-# Pages other branches add (issue 24: GPU check, issue 25: fine-tuning); drop once merged.
-PENDING = {"docs/gpu_check.md", "docs/finetune.md"}
 
 
 def make_targets() -> set[str]:
@@ -42,8 +40,6 @@ def test_relative_links_resolve(page):
         if re.match(r"[a-z]+:", target) or target.startswith("#"):
             continue
         path = (page.parent / target.split("#")[0]).resolve()
-        if str(path.relative_to(ROOT)) in PENDING:
-            continue
         assert path.exists(), f"{page.name}: broken link {target}"
 
 
@@ -58,8 +54,6 @@ def test_named_make_targets_tools_and_paths_exist(page):
         if "<" in rel or rel.endswith("_"):  # a placeholder or a glob (tools/bench_*)
             continue
         path = rel.split("::")[0]
-        if path in PENDING:
-            continue
         assert (ROOT / path).exists() or (ROOT / path).with_suffix(".py").exists(), \
             f"{page.name}: names {rel}, which does not exist"
 
