@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -203,3 +204,9 @@ def test_prebuilt_arch_list_reaches_every_rank(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", G.OUT_FILES)
 def test_out_file_names_come_back_from_the_device(name):
     assert re.fullmatch(r"[A-Za-z0-9._-]+", name)
+
+
+def test_the_check_restores_the_callers_sigterm_handler(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    G.run_check(tmp_path, tmp_path, dry_run=True, stages=[Stage("ops", 20, py("pass"))])
+    assert signal.getsignal(signal.SIGTERM) is before

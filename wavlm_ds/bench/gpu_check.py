@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wavlm_ds.bench.stages import Runner, Stage, Terminated, raise_on_sigterm
+from wavlm_ds.bench.stages import Runner, Stage, Terminated, sigterm_raises
 
 ROOT = Path(__file__).resolve().parents[2]
 # Seconds on one H200 (estimates until a lease measures them), in the order they run.
@@ -194,6 +194,18 @@ def select(stages: list[Stage], only: list[str] | None) -> None:
             stage.status, stage.last_lines = "skipped", ["not selected (--only)"]
 
 
+def run_stages(runner: Runner, stages: list[Stage], cache: Path, fallback: dict) -> None:
+    """The pending stages in order; after a failed FusedAdam build, `fallback` says so and
+    the benchmarks get --torch-adam."""
+    for stage in [s for s in stages if s.status == "pending"]:
+        torch_adam = stage.uses_optimizer and fallback["torch_adam"]
+        runner.run(stage, ["--torch-adam"] if torch_adam else [])
+        print(f"== {stage.name}: {stage.status} ({stage.seconds} s)\n  "
+              + "\n  ".join(stage.last_lines[-8:]), flush=True)
+        if stage.name == "prebuild_ops" and stage.status != "ok":
+            fallback.update(torch_adam=True, torch_adam_reason=prebuild_failure(stage, cache))
+
+
 def run_check(out: Path, work: Path, dry_run: bool, stages: list[Stage] | None = None,
               only: list[str] | None = None, cache: Path | None = None) -> int:
     """Run every stage (default: `plan`'s; with `only`, those and ALWAYS) in order; returns
@@ -210,16 +222,10 @@ def run_check(out: Path, work: Path, dry_run: bool, stages: list[Stage] | None =
     runner.stages = stages
     fallback: dict = {"torch_adam": False}
     runner.extra = lambda: {**fallback, "summary": summarize(stages)}
-    raise_on_sigterm()
     clear_stale_locks(cache)
     try:
-        for stage in [s for s in stages if s.status == "pending"]:
-            torch_adam = stage.uses_optimizer and fallback["torch_adam"]
-            runner.run(stage, ["--torch-adam"] if torch_adam else [])
-            print(f"== {stage.name}: {stage.status} ({stage.seconds} s)\n  "
-                  + "\n  ".join(stage.last_lines[-8:]), flush=True)
-            if stage.name == "prebuild_ops" and stage.status != "ok":
-                fallback.update(torch_adam=True, torch_adam_reason=prebuild_failure(stage, cache))
+        with sigterm_raises():
+            run_stages(runner, stages, cache, fallback)
     except Terminated:
         for stage in stages:
             if stage.status == "pending":

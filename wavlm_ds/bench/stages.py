@@ -13,6 +13,7 @@ Standard library only: this runs before the GPU machine has the wheels it lacks.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,7 +22,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from wavlm_ds.jsonio import write_json_atomic
 
@@ -194,9 +195,15 @@ class Runner:
                 continue
 
 
-def raise_on_sigterm() -> None:
-    """Turn SIGTERM into `Terminated` in the main thread (the runner cleans up on it)."""
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within: SIGTERM raises `Terminated` in the main thread (the runner cleans up on it),
+    once, so that the clean-up is not interrupted; the previous handler is restored after."""
     def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up is not interrupted
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated()
-    signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
