@@ -25,7 +25,6 @@ import torch
 
 from wavlm_ds import numerics
 from wavlm_ds.config import RunConfig
-from wavlm_ds.ops.logmel import num_frames
 
 CHOICES = ("auto", "bf16", "fp32")
 
@@ -62,8 +61,7 @@ def choose_cpu_precision(choice: str = "auto", cfg: RunConfig | None = None,
 
 def _measured_choice(cfg: RunConfig, micro: int, what: str) -> CpuPrecision:
     cpu = torch.device("cpu")
-    frames = int(num_frames(torch.tensor([int(cfg.data.max_duration_s * 16000)]),
-                            cfg.data.logmel_mode)[0])
+    frames = numerics.max_frames(cfg)
     report = numerics.check_run(cfg.model, micro, frames, torch.bfloat16, cpu,
                                 cfg.masking.mask_ratio, cfg.masking.mask_span_frames)
     if report.failures():

@@ -49,6 +49,7 @@ from wavlm_ds.jsonio import write_json_atomic
 from wavlm_ds.metrics import device_peak_tflops, mfu
 from wavlm_ds.model import WavLMEncoder
 from wavlm_ds.model.flops import forward_flops
+from wavlm_ds.numerics import check_for_run
 from wavlm_ds.prebuild_ops import warn_if_jit_build
 from wavlm_ds.precision import apply_precision, choose_cpu_precision
 
@@ -333,7 +334,7 @@ def setup(args: argparse.Namespace) -> tuple:
     ds = json.loads(Path(args.deepspeed_config).read_text())
     precision = None
     if not torch.cuda.is_available():  # CUDA runs keep the JSON's precision
-        precision = choose_cpu_precision(args.precision)
+        precision = choose_cpu_precision(args.precision, cfg, ds["train_micro_batch_size_per_gpu"])
         ds = apply_precision(ds, precision)
         print(f"[bench] precision {precision.dtype}: {precision.reason}", flush=True)
     if "RANK" not in os.environ:  # a plain `python tools/bench_throughput.py`: one process
@@ -344,6 +345,11 @@ def setup(args: argparse.Namespace) -> tuple:
     E.check_device_config(cfg, device)
     warn_if_jit_build(device, point_ds_config(ds, 1, world, args.torch_adam), rank)
     cfg, paths = E.resolve_fast_paths(cfg, device)
+    numerics = check_for_run(cfg, ds, ds["train_micro_batch_size_per_gpu"], device)
+    if numerics is not None:  # bf16: a wrong kernel stops the benchmark as it stops train.py
+        print(f"[bench] rank {rank}: {numerics.summary()}", flush=True)
+        numerics.raise_if_failed()
+        paths["numerics_check"] = numerics.to_dict()
     E.init_distributed(cfg.training.process_group_timeout_s)
     torch.manual_seed(rank)
     return cfg, ds, paths, precision, rank, world, device
