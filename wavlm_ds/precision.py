@@ -11,7 +11,8 @@
 3. Faster? One forward + backward of the run's encoder at its micro-batch shape in bf16 and
    in fp32, interleaved, median of 3: bf16 only if it is faster. Native is not enough: at
    model_dim 96 on an Intel Xeon with AMX the demo ran 0.91 s/step in bf16 and 0.64 in fp32.
-Steps 2 and 3 cost about 2 s at demo size. Without a run config (`cfg=None`) only step 1
+Steps 2 and 3 took 5.0-6.6 s at the demo's size (BENCHMARKS.md, "Which precision `auto`
+picks"). Without a run config (`cfg=None`) only step 1
 applies. Either way the same DeepSpeed engine (ZeRO-2, FusedAdam, accumulation) runs: only
 the `bf16` section of its JSON changes. CUDA runs keep their JSON as written (bf16, the
 recipe's dtype), and train.py's numerics check covers them.
