@@ -192,11 +192,9 @@ def main(argv: list[str]) -> int:
              rank, paths["attention_impl"], paths["logmel_impl"], paths["compile"],
              paths["device"], paths["fast_paths"], paths["selftest_record"])
     streams = Streams.build(cfg, micro, rank, world)  # validates shards vs ranks x workers
-    numerics = check_for_run(cfg, ds, micro, device)  # bf16: before any process group
-    if numerics is not None:
-        log.info("rank %d: %s", rank, numerics.summary())
-        numerics.raise_if_failed()
-        paths["numerics_check"] = numerics.to_dict()
+    # bf16: before any process group; a wrong module raises NumericsError (exit 6)
+    paths["numerics_check"] = check_for_run(cfg, ds, micro, device,
+                                            lambda line: log.info("rank %d: %s", rank, line))
 
     E.init_distributed(cfg.training.process_group_timeout_s)
     ckpt_root, resume_tag = agree_on_resume(args.resume, run_dir / "checkpoints", rank)

@@ -265,16 +265,20 @@ def run_dtype(ds_config: dict) -> torch.dtype | None:
     return None
 
 
-def check_for_run(cfg: RunConfig, ds_config: dict, micro: int,
-                  device: torch.device) -> NumericsReport | None:
-    """train.py's check: at the longest micro-batch the run's data allow (micro x
-    data.max_duration_s), in the JSON's dtype; None for an fp32 run or with
-    training.numerics_check false."""
+def check_for_run(cfg: RunConfig, ds_config: dict, micro: int, device: torch.device,
+                  say=print) -> dict | None:
+    """The start-up check of train.py and the benchmarks: at the longest micro-batch the
+    run's data allow (micro x data.max_duration_s), in the JSON's dtype. Says its summary
+    line, raises NumericsError on a miss, returns the report as a dict for the run summary;
+    None for an fp32 run or with training.numerics_check false."""
     dtype = run_dtype(ds_config)
     if dtype is None or not cfg.training.numerics_check:
         return None
-    return check_run(cfg.model, micro, max_frames(cfg), dtype, device, cfg.masking.mask_ratio,
-                     cfg.masking.mask_span_frames, cfg.training.seed)
+    report = check_run(cfg.model, micro, max_frames(cfg), dtype, device,
+                       cfg.masking.mask_ratio, cfg.masking.mask_span_frames, cfg.training.seed)
+    say(report.summary())
+    report.raise_if_failed()
+    return report.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

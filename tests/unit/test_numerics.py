@@ -133,6 +133,18 @@ def test_run_dtype_and_config_flag():
     assert numerics.check_for_run(cfg, {"bf16": {"enabled": True}}, 2, CPU) is None
 
 
+def test_check_for_run_says_its_line_and_stops_a_wrong_run(monkeypatch):
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["data.max_duration_s=1.0"])
+    said = []
+    report = numerics.check_for_run(cfg, {"bf16": {"enabled": True}}, 2, CPU, said.append)
+    assert report["passed"] and tuple(report["shape"]) == (2, 101) and "passed" in said[0]
+    assert numerics.check_for_run(cfg, {"bf16": {"enabled": False}}, 2, CPU, said.append) is None
+    monkeypatch.setenv(BF16_ERROR_ENV, "blocks.2")
+    with pytest.raises(NumericsError, match="blocks.2"):
+        numerics.check_for_run(cfg, {"bf16": {"enabled": True}}, 2, CPU, said.append)
+    assert "FAILED" in said[-1] and len(said) == 2
+
+
 @pytest.fixture
 def native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
