@@ -11,7 +11,8 @@ only where native, right by the numerics check and faster, else fp32, see
 wavlm_ds/precision.py; printed with the reason) ->
 tools/export.py -> a summary (summary.json + printed table) and curves. Rank 0's progress
 (step, loss, ETA, validation) is printed while every rank's output goes to train.log.
-Re-running resumes the training run if it was interrupted (--resume auto).
+Re-running resumes the training run if it was interrupted (--resume auto), in the precision
+it started in (`auto` does not decide again mid-run).
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from wavlm_ds.checkpoint import CheckpointManager
 from wavlm_ds.config import load_config
 from wavlm_ds.launch import ROOT, ProgressPrinter, run_training, train_command
-from wavlm_ds.precision import CHOICES, apply_precision, choose_cpu_precision
+from wavlm_ds.precision import (CHOICES, apply_precision, choose_cpu_precision,
+                                resumed_precision)
 
 
 def synthesize(corpus: Path, utterances: int) -> None:
@@ -97,7 +100,16 @@ def main(argv: list[str]) -> int:
     steps = args.steps or ds["scheduler"]["params"]["total_num_steps"]
     config = ROOT / "configs" / "demo.yaml"
     cfg = load_config(config, corpus_overrides(corpus, steps))
-    precision = choose_cpu_precision(args.precision, cfg, ds["train_micro_batch_size_per_gpu"])
+    trained = run_dir / "ds_config.json"  # train.py's copy: the precision the run started in
+    resuming = CheckpointManager(run_dir / "checkpoints", 0, 1, 1).find_latest_valid()
+    if trained.is_file() and resuming:
+        try:
+            precision = resumed_precision(args.precision, trained)
+        except ValueError as err:
+            print(f"[demo] {err}", file=sys.stderr)
+            return 2
+    else:
+        precision = choose_cpu_precision(args.precision, cfg, ds["train_micro_batch_size_per_gpu"])
     print(f"[demo] precision {precision.dtype}: {precision.reason}", flush=True)
     ds["scheduler"]["params"]["total_num_steps"] = steps  # --steps N: the whole schedule in N
     ds_path = base / "ds_config.json"

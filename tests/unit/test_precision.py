@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wavlm_ds.launch import ROOT
-from wavlm_ds.precision import apply_precision, choose_cpu_precision
+from wavlm_ds.precision import apply_precision, choose_cpu_precision, resumed_precision
 
 
 @pytest.mark.parametrize("avx512_bf16,amx,expected", [(False, False, "fp32"), (True, False, "bf16"),
@@ -34,3 +34,20 @@ def test_fp32_keeps_the_same_engine_settings():
     assert apply_precision(ds, choose_cpu_precision("bf16"))["bf16"]["enabled"] is True
     with pytest.raises(ValueError, match="precision='fp16'"):
         choose_cpu_precision("fp16")
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_in(tmp_path):
+    """auto does not decide again on resume (its timing may come out the other way under
+    another load); asking for the other precision is refused with the fix."""
+    ds = json.loads((ROOT / "ds_configs" / "cpu_smoke.json").read_text())
+    for dtype in ("bf16", "fp32"):
+        trained = tmp_path / dtype / "ds_config.json"
+        trained.parent.mkdir()
+        trained.write_text(json.dumps(apply_precision(ds, choose_cpu_precision(dtype))))
+        kept = resumed_precision("auto", trained)
+        assert kept.dtype == dtype and "kept from the run being resumed" in kept.reason
+        assert resumed_precision(dtype, trained).dtype == dtype
+        other = "fp32" if dtype == "bf16" else "bf16"
+        with pytest.raises(ValueError, match=f"trained in {dtype}.*--precision {dtype}.*"
+                                             f"another --run-dir"):
+            resumed_precision(other, trained)
