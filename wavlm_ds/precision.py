@@ -4,8 +4,8 @@
 1. Native? Without AVX512-BF16 or AMX, torch emulates bf16 matmuls: on an AMD EPYC with AVX2
    only, a 512 x 512 bf16 matmul ran at 0.9 GFLOP/s against 80 GFLOP/s in fp32, and the demo
    took 2.8 s/step instead of ~0.5; on an Intel Xeon with AVX512 but no AVX512-BF16, oneDNN
-   emulates bf16 at 26 GFLOP/s against 77 in fp32 (512 x 512), and the demo encoder's forward
-   + backward took 0.34-0.44 s in bf16 against 0.23-0.32 s in fp32 (2026-12-07).
+   emulates bf16 at 23-26 GFLOP/s against 71-77 in fp32 (512 x 512), and the 2-rank demo
+   took 1.59 s/step in bf16 against 1.06 in fp32 (2026-12-07, BENCHMARKS.md).
    `torch.backends.cpu.get_cpu_capability()` cannot tell (it says AVX2 or AVX512 either
    way), so we ask `torch.cpu._is_avx512_bf16_supported()` and
    `torch.cpu._is_amx_tile_supported()`. Not native: fp32.
