@@ -101,8 +101,11 @@ def main(argv: list[str]) -> int:
     config = ROOT / "configs" / "demo.yaml"
     cfg = load_config(config, corpus_overrides(corpus, steps))
     trained = run_dir / "ds_config.json"  # train.py's copy: the precision the run started in
-    resuming = CheckpointManager(run_dir / "checkpoints", 0, 1, 1).find_latest_valid()
-    if trained.is_file() and resuming:
+    # Any complete checkpoint is this run's: manifest and sizes suffice (train.py hashes the
+    # one it resumes from).
+    has_checkpoint = CheckpointManager(run_dir / "checkpoints", 0, 1, 1).find_latest_valid(
+        verify=False) is not None
+    if trained.is_file() and has_checkpoint:
         try:
             precision = resumed_precision(args.precision, trained)
         except ValueError as err:
